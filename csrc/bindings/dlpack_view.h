@@ -1,0 +1,137 @@
+// Tensors cross into csrc/ through the DLPack protocol: any object with __dlpack__ (torch, numpy, ...)
+// is viewed without a copy, validated, and handed to kernels as pointer + shape + strides. The capsule
+// is held (not consumed) for the view's lifetime, so the producer keeps the memory alive.
+#pragma once
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "../common/check.h"
+#include "../common/dlpack_abi.h"
+
+namespace illada::bind {
+
+namespace py = pybind11;
+
+enum class DType { f32, f64, bf16, f16, i8, u8, i32, i64, boolean, unknown };
+
+inline const char* dtype_name(DType t) {
+  switch (t) {
+    case DType::f32: return "float32";
+    case DType::f64: return "float64";
+    case DType::bf16: return "bfloat16";
+    case DType::f16: return "float16";
+    case DType::i8: return "int8";
+    case DType::u8: return "uint8";
+    case DType::i32: return "int32";
+    case DType::i64: return "int64";
+    case DType::boolean: return "bool";
+    default: return "an unsupported dtype";
+  }
+}
+
+inline DType dtype_of(const dlpack::DataType& t) {
+  if (t.lanes != 1) return DType::unknown;
+  switch (t.code) {
+    case dlpack::kFloat:
+      return t.bits == 32 ? DType::f32 : t.bits == 64 ? DType::f64 : t.bits == 16 ? DType::f16 : DType::unknown;
+    case dlpack::kBfloat: return t.bits == 16 ? DType::bf16 : DType::unknown;
+    case dlpack::kInt:
+      return t.bits == 8 ? DType::i8 : t.bits == 32 ? DType::i32 : t.bits == 64 ? DType::i64 : DType::unknown;
+    case dlpack::kUInt: return t.bits == 8 ? DType::u8 : DType::unknown;
+    case dlpack::kBool: return t.bits == 8 ? DType::boolean : DType::unknown;
+    default: return DType::unknown;
+  }
+}
+
+struct TensorView {
+  std::string name;
+  py::object capsule;  // keeps the producer's memory alive
+  void* data = nullptr;
+  DType dtype = DType::unknown;
+  int32_t device_type = 0;
+  int32_t device_id = 0;
+  std::vector<int64_t> shape;
+  std::vector<int64_t> strides;  // in elements, always filled (compact strides when DLPack gives none)
+
+  int64_t ndim() const { return static_cast<int64_t>(shape.size()); }
+  int64_t numel() const {
+    int64_t n = 1;
+    for (auto s : shape) n *= s;
+    return n;
+  }
+  template <typename T>
+  T* ptr() const { return static_cast<T*>(data); }
+
+  std::string shape_str() const {
+    std::string s = "[";
+    for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+    return s + "]";
+  }
+
+  void expect_dtype(std::initializer_list<DType> allowed) const {
+    for (auto d : allowed)
+      if (d == dtype) return;
+    std::string list;
+    for (auto d : allowed) list += std::string(list.empty() ? "" : " or ") + dtype_name(d);
+    ILLADA_CHECK_TYPE(false, name << ": expected dtype " << list << ", got " << dtype_name(dtype));
+  }
+  void expect_rank(int64_t r) const {
+    ILLADA_CHECK(ndim() == r, name << ": expected a " << r << "-D tensor, got shape " << shape_str());
+  }
+  void expect_dim(int64_t d, int64_t size, const char* what) const {
+    ILLADA_CHECK(shape[d] == size, name << ": dimension " << d << " must equal " << what << " (" << size
+                                        << "), got shape " << shape_str());
+  }
+  void expect_cpu() const {
+    ILLADA_CHECK(device_type == dlpack::kCPU || device_type == dlpack::kCUDAHost,
+                 name << ": expected a CPU tensor, got DLPack device type " << device_type);
+  }
+  // Innermost dimension contiguous (row stride free): lets kernels work on slices of a larger canvas.
+  void expect_inner_contiguous() const {
+    ILLADA_CHECK(ndim() == 0 || shape.back() <= 1 || strides.back() == 1,
+                 name << ": the last dimension must be contiguous (stride 1), got stride " << strides.back());
+    for (int64_t d = 0; d + 1 < ndim(); ++d)
+      ILLADA_CHECK(shape[d] <= 1 || strides[d] >= 0, name << ": negative strides are not supported");
+  }
+  void expect_contiguous() const {
+    int64_t expected = 1;
+    for (int64_t d = ndim() - 1; d >= 0; --d) {
+      ILLADA_CHECK(shape[d] <= 1 || strides[d] == expected,
+                   name << ": expected a contiguous tensor (call .contiguous()), got strides that are not row-major");
+      expected *= shape[d];
+    }
+  }
+  int64_t row_stride() const { return ndim() >= 2 ? strides[ndim() - 2] : 0; }
+};
+
+inline TensorView view(py::handle obj, const char* name) {
+  TensorView v;
+  v.name = name;
+  ILLADA_CHECK_TYPE(!obj.is_none(), name << ": expected a tensor, got None");
+  ILLADA_CHECK_TYPE(py::hasattr(obj, "__dlpack__"),
+                    name << ": expected a tensor supporting __dlpack__, got " << std::string(py::str(obj.get_type())));
+  py::object cap = obj.attr("__dlpack__")();
+  ILLADA_CHECK_TYPE(PyCapsule_IsValid(cap.ptr(), "dltensor"), name << ": __dlpack__ did not return a DLPack capsule");
+  auto* mt = static_cast<dlpack::ManagedTensor*>(PyCapsule_GetPointer(cap.ptr(), "dltensor"));
+  ILLADA_CHECK(mt != nullptr, name << ": empty DLPack capsule");
+  const dlpack::Tensor& t = mt->dl_tensor;
+  v.capsule = cap;
+  v.data = static_cast<char*>(t.data) + t.byte_offset;
+  v.dtype = dtype_of(t.dtype);
+  v.device_type = t.device.device_type;
+  v.device_id = t.device.device_id;
+  ILLADA_CHECK(t.ndim >= 0 && t.ndim <= 8, name << ": unsupported rank " << t.ndim);
+  v.shape.assign(t.shape, t.shape + t.ndim);
+  v.strides.resize(t.ndim);
+  int64_t compact = 1;
+  for (int32_t d = t.ndim - 1; d >= 0; --d) {
+    v.strides[d] = t.strides ? t.strides[d] : compact;
+    compact *= t.shape[d];
+  }
+  return v;
+}
+
+}  // namespace illada::bind

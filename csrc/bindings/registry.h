@@ -1,0 +1,7 @@
+// One register_<area> per area of ops; module_cpu.cpp calls each.
+#pragma once
+#include <pybind11/pybind11.h>
+
+namespace illada::bind {
+void register_sampling(pybind11::module_& m);
+}  // namespace illada::bind

@@ -1,0 +1,19 @@
+// A deliberately small CUDA kernel that proves the toolchain path end to end (nvcc -> _C_cuda -> Python).
+// The real CUDA kernels (attention, sampling, GEMMs) replace this in later work.
+#pragma once
+#include <cstdint>
+#include <string>
+
+namespace illada::cuda {
+
+// Number of visible CUDA devices (0 when the driver or a device is missing; never throws).
+int device_count();
+
+// Compute capability of `device` as major*10 + minor, or -1 if it cannot be queried.
+int device_sm(int device);
+
+// Fills out[i] = i * i for i < n on the GPU and copies it back; returns an empty string on success or
+// the CUDA error text on failure.
+std::string square_indices(int64_t n, int64_t* out_host);
+
+}  // namespace illada::cuda

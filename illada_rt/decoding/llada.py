@@ -1,0 +1,112 @@
+"""LLaDA's reference sampler (ML-GSAI/LLaDA generate.py), step for step, with two exact improvements:
+
+* only the columns whose tokens can still change (masked positions up to the end of the current block)
+  go through the final norm, the LM head and the sampler; the argmax/top-k there is the same;
+* padded batches carry a real key-padding mask and per-row RoPE positions that start at each row's
+  first real token, so a row decodes the same alone or batched (the reference ignores the mask).
+
+Semantics kept from the reference: canvas = prompt + gen_length masks; blocks of block_length decoded
+left to right with steps/num_blocks forwards each; per block, the k-schedule gives every step
+masks // steps tokens plus one for the first masks % steps steps; x0 = argmax of the logits (Gumbel-max
+in float64 when temperature > 0); confidence = softmax probability of x0 under the untempered logits
+(low_confidence) or U(0,1) (random); masked positions right of the block never transfer; CFG runs the
+canvas with the prompt replaced by masks and uses un + (cfg + 1) * (cond - un).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .. import ops
+
+REMASKING = ("low_confidence", "random")
+
+
+@dataclass
+class Canvas:
+    tokens: torch.Tensor       # [B, P + gen_length] int64
+    key_mask: torch.Tensor     # [B, P + gen_length] bool, False = padding
+    positions: torch.Tensor    # [B, P + gen_length] int64 RoPE positions
+    prompt_length: int
+    padded: bool               # any padding at all (else key_mask/positions are trivial)
+
+
+def make_canvas(ids: torch.Tensor, attn: torch.Tensor, gen_length: int, mask_id: int) -> Canvas:
+    B, P = ids.shape
+    x = torch.full((B, P + gen_length), mask_id, dtype=torch.long, device=ids.device)
+    x[:, :P] = ids
+    key_mask = torch.cat([attn, torch.ones(B, gen_length, dtype=torch.bool, device=ids.device)], dim=1)
+    padded = not bool(attn.all())
+    positions = (key_mask.long().cumsum(1) - 1).clamp_(min=0)
+    return Canvas(x, key_mask, positions, P, padded)
+
+
+def transfer_schedule(block_masks: torch.Tensor, steps: int) -> torch.Tensor:
+    """[B, L] bool masks of a block -> [B, steps] tokens to transfer per step (LLaDA's linear schedule)."""
+    n = block_masks.sum(dim=1, keepdim=True)
+    base, rem = n // steps, n % steps
+    return base + (torch.arange(steps, device=n.device)[None, :] < rem).long()
+
+
+def propose(logits: torch.Tensor, temperature: float, remasking: str,
+            generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits [B, L, V] float32 -> (x0 [B, L] int64, confidence [B, L] float32/float64)."""
+    if temperature > 0:
+        # Gumbel-max in float64 exactly as the reference writes it: exp(l) / (-log u)^T.
+        noise = torch.rand(logits.shape, dtype=torch.float64, device=logits.device, generator=generator)
+        x0 = torch.argmax(logits.to(torch.float64).exp() / (-torch.log(noise)) ** temperature, dim=-1)
+    else:
+        x0 = torch.argmax(logits, dim=-1)
+    if remasking == "low_confidence":
+        conf = torch.gather(F.softmax(logits, dim=-1), -1, x0[..., None]).squeeze(-1)
+    else:
+        conf = torch.rand(x0.shape, device=x0.device, generator=generator)
+    return x0, conf
+
+
+def guided_logits(model, canvas: Canvas, x: torch.Tensor, prompt_index: torch.Tensor | None,
+                  cfg_scale: float, lo: int, hi: int) -> torch.Tensor:
+    """One model forward over the canvas (twice the batch with CFG); logits of columns lo:hi only."""
+    key_mask = canvas.key_mask if canvas.padded else None
+    positions = canvas.positions if canvas.padded else None
+    if cfg_scale > 0:
+        un_x = x.clone()
+        un_x[prompt_index] = model.mask_token_id
+        both = torch.cat([x, un_x], dim=0)
+        km = None if key_mask is None else torch.cat([key_mask, key_mask], dim=0)
+        pos = None if positions is None else torch.cat([positions, positions], dim=0)
+        logits = model.transformer.forward(both, km, pos, lo, hi)
+        cond, un = torch.chunk(logits, 2, dim=0)
+        return un + (cfg_scale + 1) * (cond - un)
+    return model.transformer.forward(x, key_mask, positions, lo, hi)
+
+
+@torch.inference_mode()
+def generate_llada(model, ids: torch.Tensor, attn: torch.Tensor, *, gen_length: int, steps: int,
+                   block_length: int, temperature: float, remasking: str, cfg_scale: float,
+                   generator: torch.Generator | None) -> tuple[Canvas, int]:
+    """Decode; returns the final canvas and the number of forward calls (NFE)."""
+    mask_id = model.mask_token_id
+    canvas = make_canvas(ids, attn, gen_length, mask_id)
+    x, P = canvas.tokens, canvas.prompt_length
+    prompt_index = (x != mask_id) if cfg_scale > 0 else None
+    num_blocks = gen_length // block_length
+    steps_per_block = steps // num_blocks
+    nfe = 0
+    for nb in range(num_blocks):
+        b_start, b_end = P + nb * block_length, P + (nb + 1) * block_length
+        schedule = transfer_schedule(x[:, b_start:b_end] == mask_id, steps_per_block)
+        for i in range(steps_per_block):
+            k = schedule[:, i].contiguous()
+            if not bool(k.any()):
+                continue  # nothing can transfer this step: the reference's forward would change no token
+            # Columns that can change: every masked position left of the block end (usually the block).
+            open_cols = (x[:, :b_end] == mask_id).any(dim=0).nonzero()
+            lo = int(open_cols[0]) if open_cols.numel() else b_start
+            logits = guided_logits(model, canvas, x, prompt_index, cfg_scale, lo, b_end)
+            nfe += 1
+            x0, conf = propose(logits, temperature, remasking, generator)
+            ops.select_confident(conf.contiguous(), x0.contiguous(), k, x[:, lo:b_end], mask_id)
+    return canvas, nfe

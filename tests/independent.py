@@ -1,0 +1,132 @@
+"""Independent plain-PyTorch implementations the tests compare against.
+
+Written separately from illada_rt (own weight loading, own name mapping, explicit einsum attention,
+RoPE as pairwise rotation, float64 throughout), so a shared mistake is unlikely.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+
+def load_weights(directory: Path):
+    directory = Path(directory)
+    cfg = json.loads((directory / "config.json").read_text())
+    tensors = {}
+    for f in sorted(directory.glob("*.safetensors")):
+        tensors.update({k: v.to(torch.float64) for k, v in load_file(str(f)).items()})
+    if "d_model" in cfg:
+        dims = dict(d=cfg["d_model"], h=cfg["n_heads"], kv=cfg.get("n_kv_heads") or cfg["n_heads"],
+                    n=cfg["n_layers"], theta=cfg["rope_theta"], eps=cfg["rms_norm_eps"])
+        P = "model.transformer."
+        layers = [{k: tensors[f"{P}blocks.{i}.{v}.weight"] for k, v in
+                   dict(an="attn_norm", q="q_proj", k="k_proj", v="v_proj", o="attn_out", fn="ff_norm",
+                        g="ff_proj", u="up_proj", dn="ff_out").items()} for i in range(dims["n"])]
+        emb, norm = tensors[P + "wte.weight"], tensors[P + "ln_f.weight"]
+        head = emb if cfg.get("weight_tying") else tensors[P + "ff_out.weight"]
+    else:
+        dims = dict(d=cfg["hidden_size"], h=cfg["num_attention_heads"], kv=cfg["num_key_value_heads"],
+                    n=cfg["num_hidden_layers"], theta=cfg["rope_theta"], eps=cfg["rms_norm_eps"])
+        layers = [{k: tensors[f"model.layers.{i}.{v}.weight"] for k, v in
+                   dict(an="input_layernorm", q="self_attn.q_proj", k="self_attn.k_proj", v="self_attn.v_proj",
+                        o="self_attn.o_proj", fn="post_attention_layernorm", g="mlp.gate_proj",
+                        u="mlp.up_proj", dn="mlp.down_proj").items()} for i in range(dims["n"])]
+        emb, norm = tensors["model.embed_tokens.weight"], tensors["model.norm.weight"]
+        head = emb if cfg.get("tie_word_embeddings") else tensors["lm_head.weight"]
+    return dims, layers, emb, norm, head
+
+
+def _rms(x, w, eps):
+    return w * (x / torch.sqrt((x * x).mean(-1, keepdim=True) + eps))
+
+
+def _rope(x, pos, theta):
+    # x: [B, T, H, D]; pairs (i, i + D/2) rotated by angle pos * theta^(-2i/D)
+    D = x.shape[-1]
+    half = D // 2
+    i = torch.arange(half, dtype=torch.float64)
+    ang = pos.to(torch.float64)[..., None] * theta ** (-2.0 * i / D)      # [B, T, half]
+    c, s = torch.cos(ang)[:, :, None, :], torch.sin(ang)[:, :, None, :]
+    a, b = x[..., :half], x[..., half:]
+    return torch.cat([a * c - b * s, b * c + a * s], dim=-1)
+
+
+def forward(weights, ids: torch.Tensor, key_mask: torch.Tensor | None = None,
+            positions: torch.Tensor | None = None) -> torch.Tensor:
+    """float64 logits [B, T, V] of the bidirectional transformer."""
+    dims, layers, emb, norm, head = weights
+    B, T = ids.shape
+    H, KV, D = dims["h"], dims["kv"], dims["d"] // dims["h"]
+    if positions is None:
+        positions = torch.arange(T).expand(B, T)
+    x = emb[ids]
+    for L in layers:
+        n = _rms(x, L["an"], dims["eps"])
+        q = _rope((n @ L["q"].T).view(B, T, H, D), positions, dims["theta"])
+        k = _rope((n @ L["k"].T).view(B, T, KV, D), positions, dims["theta"])
+        v = (n @ L["v"].T).view(B, T, KV, D)
+        kv_of = torch.tensor([j * KV // H for j in range(H)])   # query head j -> kv head j // (H/KV)
+        k, v = k[:, :, kv_of], v[:, :, kv_of]
+        s = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(D)
+        if key_mask is not None:
+            s = s.masked_fill(~key_mask[:, None, None, :], float("-inf"))
+        a = torch.einsum("bhqk,bkhd->bqhd", torch.softmax(s, -1), v).reshape(B, T, H * D)
+        x = x + a @ L["o"].T
+        m = _rms(x, L["fn"], dims["eps"])
+        g = m @ L["g"].T
+        x = x + ((g / (1 + torch.exp(-g))) * (m @ L["u"].T)) @ L["dn"].T
+    return _rms(x, norm, dims["eps"]) @ head.T
+
+
+def reference_generate(logits_fn, prompt: torch.Tensor, *, steps, gen_length, block_length, mask_id,
+                       cfg_scale=0.0, attention_mask=None):
+    """LLaDA's generate() semantics at temperature 0, step by step on the full canvas.
+
+    logits_fn(x, attention_mask) -> [B, T, V] logits of the whole canvas. Returns (x, forward calls).
+    """
+    B, P = prompt.shape
+    x = torch.full((B, P + gen_length), mask_id, dtype=torch.long)
+    x[:, :P] = prompt
+    if attention_mask is not None:
+        attention_mask = torch.cat([attention_mask, torch.ones(B, gen_length, dtype=attention_mask.dtype)], 1)
+    prompt_index = x != mask_id
+    assert gen_length % block_length == 0
+    num_blocks = gen_length // block_length
+    assert steps % num_blocks == 0
+    steps = steps // num_blocks
+    calls = 0
+    for nb in range(num_blocks):
+        bm = x[:, P + nb * block_length: P + (nb + 1) * block_length] == mask_id
+        cnt = bm.sum(1)
+        sched = torch.zeros(B, steps, dtype=torch.long) + (cnt // steps)[:, None]
+        for r in range(B):
+            sched[r, : int(cnt[r] % steps)] += 1
+        for i in range(steps):
+            mask_index = x == mask_id
+            if cfg_scale > 0:
+                un_x = x.clone()
+                un_x[prompt_index] = mask_id
+                am = None if attention_mask is None else torch.cat([attention_mask, attention_mask])
+                both = logits_fn(torch.cat([x, un_x]), am)
+                cond, un = both[:B], both[B:]
+                logits = un + (cfg_scale + 1) * (cond - un)
+            else:
+                logits = logits_fn(x, attention_mask)
+            calls += 1
+            x0 = logits.argmax(-1)
+            p = torch.softmax(logits, -1)
+            x0_p = torch.gather(p, -1, x0[..., None]).squeeze(-1)
+            x0_p[:, P + (nb + 1) * block_length:] = -np.inf
+            x0 = torch.where(mask_index, x0, x)
+            conf = torch.where(mask_index, x0_p, torch.tensor(-np.inf, dtype=x0_p.dtype))
+            transfer = torch.zeros_like(x0, dtype=torch.bool)
+            for r in range(B):
+                _, idx = torch.topk(conf[r], k=int(sched[r, i]))
+                transfer[r, idx] = True
+            x[transfer] = x0[transfer]
+    return x, calls

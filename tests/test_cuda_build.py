@@ -1,0 +1,58 @@
+"""The optional CUDA module: built wherever nvcc exists (so CUDA sources cannot rot), skipped cleanly elsewhere."""
+import shutil
+
+import pytest
+
+import illada_rt
+
+
+def _cuda_module():
+    try:
+        from illada_rt import _C_cuda
+    except ImportError:
+        return None
+    return _C_cuda
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="no CUDA compiler on this machine")
+def test_cuda_module_built_for_default_archs():
+    mod = _cuda_module()
+    assert mod is not None, "nvcc is present but illada_rt._C_cuda was not built"
+    archs = mod.compiled_archs().split(",")
+    assert "80" in archs and "90a" in archs
+    assert illada_rt.capabilities()["_C_cuda"] is True
+
+
+def test_cuda_queries_never_crash_without_gpu():
+    mod = _cuda_module()
+    if mod is None:
+        pytest.skip("_C_cuda not built")
+    n = mod.device_count()
+    assert n >= 0
+    if n == 0:
+        with pytest.raises(RuntimeError, match="no CUDA device"):
+            mod.toolchain_check(8)
+    with pytest.raises(ValueError, match="n: must be in"):
+        mod.toolchain_check(-1)
+
+
+@pytest.mark.gpu
+def test_toolchain_kernel_runs_on_gpu():
+    mod = _cuda_module()
+    if mod is None or mod.device_count() == 0:
+        pytest.skip("needs a CUDA GPU and _C_cuda")
+    assert mod.toolchain_check(1000) == [i * i for i in range(1000)]
+
+
+@pytest.mark.gpu
+def test_generate_on_cuda_uses_reference_ops(checkpoints):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    cpu = illada_rt.load(checkpoints["llada_gqa"])
+    gpu = illada_rt.load(checkpoints["llada_gqa"], device="cuda")
+    prompt = [[3, 4, 5, 6]]
+    a = cpu.generate(prompt, gen_length=8, steps=8, block_length=4).tokens
+    b = gpu.generate(prompt, gen_length=8, steps=8, block_length=4).tokens.cpu()
+    assert torch.equal(a, b)
