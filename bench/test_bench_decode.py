@@ -12,7 +12,7 @@ import illada_rt
 GEN, STEPS, BLOCK = 64, 32, 16
 
 
-def reference_loop(m, prompt):
+def reference_loop(m, prompt, GEN=GEN, STEPS=STEPS, BLOCK=BLOCK):
     """LLaDA generate.py's loop at temperature 0, logits over the full canvas every step."""
     mask_id, P = m.mask_token_id, prompt.shape[1]
     x = torch.full((prompt.shape[0], P + GEN), mask_id, dtype=torch.long)

@@ -1,8 +1,6 @@
 """Public API: load(path) -> Model; Model.forward / Model.generate."""
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,17 +8,20 @@ import torch
 
 from .checkpoint import WeightStore
 from .config import ModelConfig, read_config
-from .decoding import REMASKING, generate_llada
+from . import scoring
+from .decoding import generate_fast, generate_llada, generate_varlen
+from .decoding.params import check_decoding_args
 from .errors import ConfigError
 from .model import Transformer
+from .tokenizer import Tokenizer, load_tokenizer
+
+DEFAULT_MODEL = Path(__file__).resolve().parent / "assets" / "default"
 
 _DTYPE_NAMES = {
     "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
     "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
     "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
 }
-# Mask tokens of published checkpoints, looked up by name when config.json has no mask_token_id.
-KNOWN_MASK_TOKENS = ("<|mdm_mask|>", "<[MASK]>")
 
 
 @dataclass
@@ -29,11 +30,20 @@ class GenerateOutput:
     nfe: int                      # model forward calls made
     prompt_length: int            # P, the padded prompt width
     attention_mask: torch.Tensor  # [B, P + gen_length] bool, False on left padding
+    text: str | list[str] | None = None  # decoded generation (to the first end-of-sequence token); a str
+    #                                       for a str prompt, a list per row otherwise; None without tokenizer
+    lengths: torch.Tensor | None = None  # [B] generated tokens per row (variable-length mode: incl. its EOS)
 
     @property
     def generated(self) -> torch.Tensor:
         """[B, gen_length]: the generated part of the canvas."""
         return self.tokens[:, self.prompt_length:]
+
+
+@dataclass
+class ChoiceScores:
+    scores: list[float]   # per choice: sum of the log-probabilities at reveal time (higher is better)
+    best: int             # index of the highest score
 
 
 def _resolve_dtype(dtype, device: torch.device, store: WeightStore) -> torch.dtype:
@@ -62,47 +72,12 @@ def _resolve_device(device) -> torch.device:
     return dev
 
 
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
-
-
-def mask_id_from_tokenizer_files(directory: Path) -> int | None:
-    """The mask token's id from tokenizer files, by the declared mask_token or a known mask-token name."""
-    d = Path(directory)
-    names = list(KNOWN_MASK_TOKENS)
-    for fname in ("tokenizer_config.json", "special_tokens_map.json"):
-        data = _read_json(d / fname)
-        if isinstance(data, dict):
-            mt = data.get("mask_token")
-            mt = mt.get("content") if isinstance(mt, dict) else mt
-            if isinstance(mt, str):
-                names.insert(0, mt)
-    vocab: dict[str, int] = {}
-    tj = _read_json(d / "tokenizer.json")
-    if isinstance(tj, dict):
-        for tok in tj.get("added_tokens") or []:
-            if isinstance(tok, dict) and isinstance(tok.get("content"), str) and isinstance(tok.get("id"), int):
-                vocab[tok["content"]] = tok["id"]
-    tc = _read_json(d / "tokenizer_config.json")
-    if isinstance(tc, dict) and isinstance(tc.get("added_tokens_decoder"), dict):
-        for k, tok in tc["added_tokens_decoder"].items():
-            if isinstance(tok, dict) and isinstance(tok.get("content"), str) and str(k).isdigit():
-                vocab.setdefault(tok["content"], int(k))
-    for name in names:
-        if name in vocab:
-            return vocab[name]
-    return None
-
-
-def _resolve_mask_id(cfg: ModelConfig, directory: Path, mask_token_id) -> int:
+def _resolve_mask_id(cfg: ModelConfig, directory: Path, tokenizer: Tokenizer | None, mask_token_id) -> int:
     if mask_token_id is not None and (isinstance(mask_token_id, bool) or not isinstance(mask_token_id, int)):
         raise ValueError(f"mask_token_id: expected an int, got {mask_token_id!r}")
     found, source = cfg.mask_token_id, "config.json"
     if found is None:
-        found, source = mask_id_from_tokenizer_files(directory), "the tokenizer files"
+        found, source = (tokenizer.mask_token_id if tokenizer else None), "the tokenizer's mask token"
     if found is None:
         found, source = mask_token_id, "the mask_token_id argument"
     elif mask_token_id is not None and mask_token_id != found:
@@ -119,9 +94,11 @@ def _resolve_mask_id(cfg: ModelConfig, directory: Path, mask_token_id) -> int:
 class Model:
     """A loaded masked-diffusion LM on one device."""
 
-    def __init__(self, path: Path, cfg: ModelConfig, transformer: Transformer, mask_token_id: int):
+    def __init__(self, path: Path, cfg: ModelConfig, transformer: Transformer, mask_token_id: int,
+                 tokenizer: Tokenizer | None = None):
         self.path, self.config, self.transformer = path, cfg, transformer
         self.mask_token_id = mask_token_id
+        self.tokenizer = tokenizer
         self.device, self.dtype = transformer.device, transformer.dtype
         self.pad_token_id = next(
             (t for t in (cfg.pad_token_id, cfg.eos_token_id, 0, 1) if t is not None and t != mask_token_id))
@@ -143,9 +120,6 @@ class Model:
 
     def _as_batch(self, prompt, attention_mask) -> tuple[torch.Tensor, torch.Tensor]:
         """prompt (LongTensor [B, P] or list of id lists) -> (ids [B, P] int64, attn [B, P] bool)."""
-        if isinstance(prompt, str) or (isinstance(prompt, (list, tuple)) and prompt and isinstance(prompt[0], str)):
-            raise TypeError("prompt: text prompts need a tokenizer, which this checkpoint API does not have yet; "
-                            "pass token ids (a LongTensor [B, P] or a list of id lists)")
         if isinstance(prompt, torch.Tensor):
             if prompt.dtype in (torch.bool,) or prompt.is_floating_point() or prompt.is_complex():
                 raise TypeError(f"prompt: expected integer token ids, got dtype {prompt.dtype}")
@@ -214,47 +188,168 @@ class Model:
                              f"{self.config.max_sequence_length}")
 
     # -- generation -------------------------------------------------------------------------------
-    def generate(self, prompt, gen_length: int = 128, steps: int = 128, block_length: int = 32,
+    def generate(self, prompt, gen_length: int | None = 128, steps: int = 128, block_length: int = 32,
                  temperature: float = 0.0, remasking: str = "low_confidence", cfg_scale: float = 0.0,
-                 seed: int | None = None, attention_mask: torch.Tensor | None = None) -> GenerateOutput:
-        """LLaDA decoding: fill gen_length masks after the prompt in blocks of block_length, steps forwards in all."""
-        for name, v in (("gen_length", gen_length), ("steps", steps), ("block_length", block_length)):
+                 seed: int | None = None, attention_mask: torch.Tensor | None = None, chat: bool = False,
+                 callback=None, threshold: float | None = None, factor: float | None = None,
+                 cache: str | None = None, max_new_tokens: int | None = None, stop: list[str] | None = None,
+                 eos_early_stop: bool = False) -> GenerateOutput:
+        """Masked-diffusion decoding of gen_length tokens after the prompt, in blocks of block_length.
+
+        prompt: text (a str or a list of str; needs the checkpoint's tokenizer), a LongTensor [B, P], or a list
+        of token-id lists. chat=True wraps each text prompt in the checkpoint's chat template as a user turn.
+        Reference decoding (LLaDA's generate.py): steps forwards in all, steps / num_blocks per block.
+        threshold / factor / cache select Fast-dLLM's parallel decoding and KV caches (decoding/fast.py):
+        threshold=0.9 transfers every masked position of the block with confidence >= 0.9 (at least one) and
+        repeats the block until it has no mask; factor=f is Fast-dLLM's factor rule; cache="prefix" or "dual".
+        gen_length=None with max_new_tokens=N: iLLaDA's variable-length generation (decoding/varlen.py), one
+        block at a time with `steps` forwards per block, until an end-of-sequence token, a `stop` string or N.
+        eos_early_stop=True (fixed length): stop at a block end once every row has ended with EOS.
+        callback(step, tokens, transferred) runs after every step (see decoding.generate_llada).
+        """
+        check_decoding_args(gen_length=gen_length, steps=steps, block_length=block_length,
+                            temperature=temperature, remasking=remasking, cfg_scale=cfg_scale, seed=seed,
+                            threshold=threshold, factor=factor, cache=cache, max_new_tokens=max_new_tokens,
+                            stop=stop, callback=callback)
+        if stop and self.tokenizer is None:
+            raise ValueError("stop: stop strings need a tokenizer; this checkpoint has none")
+        single_text = isinstance(prompt, str)
+        if single_text or (isinstance(prompt, (list, tuple)) and prompt and all(isinstance(p, str) for p in prompt)):
+            prompt = [self.encode_prompt(p, chat=chat) for p in ([prompt] if single_text else prompt)]
+        elif chat:
+            raise ValueError("chat=True needs text prompts (a str or a list of str)")
+        ids, attn = self._as_batch(prompt, attention_mask)
+        self._check_length(ids.shape[1] + (gen_length or max_new_tokens))
+        generator = None if seed is None else torch.Generator(device=self.device).manual_seed(seed)
+        common = dict(steps=steps, block_length=block_length, temperature=float(temperature), remasking=remasking,
+                      generator=generator, callback=callback)
+        fast = dict(threshold=threshold, factor=factor, cache=cache)
+        eos = self.eos_ids()
+        if gen_length is None:
+            tokens, valid, lengths, nfe = generate_varlen(
+                self, ids, attn, max_new_tokens=max_new_tokens, cfg_scale=float(cfg_scale),
+                stop_ids=set(eos.tolist()), stop_strings=list(stop or []), **fast, **common)
+            g = GenerateOutput(tokens, nfe, ids.shape[1], valid, lengths=lengths)
+        else:
+            if eos_early_stop and eos.numel() == 0:
+                raise ValueError("eos_early_stop: this checkpoint names no end-of-sequence token")
+            early = eos if eos_early_stop else None
+            if any(v is not None for v in fast.values()):
+                canvas, nfe = generate_fast(self, ids, attn, gen_length=gen_length, eos_ids=early, **fast, **common)
+            else:
+                canvas, nfe = generate_llada(self, ids, attn, gen_length=gen_length, cfg_scale=float(cfg_scale),
+                                             eos_ids=early, **common)
+            g = GenerateOutput(canvas.tokens, nfe, canvas.prompt_length, canvas.key_mask,
+                               lengths=torch.full((ids.shape[0],), gen_length))
+        if self.tokenizer is not None:
+            texts = [self.decode_generation(row[:n], stop) for row, n in zip(g.generated, g.lengths.tolist())]
+            g.text = texts[0] if single_text else texts
+        return g
+
+    def eos_ids(self) -> torch.Tensor:
+        """End-of-sequence / end-of-turn ids (tokenizer's, else config.json's), canonical EOS first."""
+        ids = []
+        if self.tokenizer is not None:
+            ids = [i for i in (self.tokenizer.id("eos"), self.tokenizer.id("eot")) if i is not None]
+        if not ids and self.config.eos_token_id is not None:
+            ids = [self.config.eos_token_id]
+        return torch.tensor(ids, dtype=torch.long, device=self.device)
+
+    # -- scoring ----------------------------------------------------------------------------------
+    def _pair(self, context, continuation) -> tuple[list[int], list[int]]:
+        """(context ids, continuation ids); text pairs split as lm-eval / LLaDA's harness does (trailing
+        spaces of the context move to the continuation; the continuation is the tail of the joint encoding)."""
+        if isinstance(context, str) and isinstance(continuation, str):
+            tok = self._need_tokenizer()
+            n = len(context) - len(context.rstrip())
+            if n:
+                context, continuation = context[:-n], context[-n:] + continuation
+            whole = tok.encode(context + continuation, add_special_tokens=True)
+            ctx = tok.encode(context, add_special_tokens=True)
+            return ctx, whole[len(ctx):]
+        ids = []
+        for name, v in (("context", context), ("continuation", continuation)):
+            if isinstance(v, torch.Tensor):
+                v = v.tolist()
+            if not isinstance(v, (list, tuple)) or not all(isinstance(t, int) and not isinstance(t, bool) for t in v):
+                raise TypeError(f"{name}: expected text (with a text partner) or a list of token ids")
+            ids.append(list(v))
+        return ids[0], ids[1]
+
+    def loglikelihood(self, context, continuation, mc_num: int = 128, batch_size: int = 32, cfg_scale: float = 0.0,
+                      seed: int | None = 0) -> float:
+        """LLaDA's Monte Carlo ELBO estimate of log p(continuation | context); exact for one token."""
+        ctx, cont = self._pair(context, continuation)
+        if not cont:
+            raise ValueError("continuation: empty")
+        for name, v in (("mc_num", mc_num), ("batch_size", batch_size)):
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise ValueError(f"{name}: expected a positive integer, got {v!r}")
-        if gen_length % block_length:
-            raise ValueError(f"block_length ({block_length}) must divide gen_length ({gen_length})")
-        num_blocks = gen_length // block_length
-        if steps % num_blocks:
-            raise ValueError(f"steps ({steps}) must be divisible by the number of blocks "
-                             f"(gen_length / block_length = {num_blocks})")
-        for name, v in (("temperature", temperature), ("cfg_scale", cfg_scale)):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise ValueError(f"{name}: expected a finite number >= 0, got {v!r}")
-        if remasking not in REMASKING:
-            raise ValueError(f"remasking: unknown strategy {remasking!r}; expected one of {', '.join(REMASKING)}")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise ValueError(f"seed: expected an int or None, got {seed!r}")
-        ids, attn = self._as_batch(prompt, attention_mask)
-        self._check_length(ids.shape[1] + gen_length)
-        generator = None
-        if seed is not None:
-            generator = torch.Generator(device=self.device).manual_seed(seed)
-        canvas, nfe = generate_llada(self, ids, attn, gen_length=gen_length, steps=steps, block_length=block_length,
-                                     temperature=float(temperature), remasking=remasking,
-                                     cfg_scale=float(cfg_scale), generator=generator)
-        return GenerateOutput(canvas.tokens, nfe, canvas.prompt_length, canvas.key_mask)
+        if mc_num % batch_size:
+            raise ValueError(f"mc_num ({mc_num}) must be a multiple of batch_size ({batch_size})")
+        if isinstance(cfg_scale, bool) or not isinstance(cfg_scale, (int, float)) or not cfg_scale >= 0:
+            raise ValueError(f"cfg_scale: expected a number >= 0, got {cfg_scale!r}")
+        self._check_ids(torch.tensor(ctx + cont, dtype=torch.long), "context/continuation")
+        self._check_length(len(ctx) + len(cont))
+        return scoring.loglikelihood(self, ctx, cont, mc_num=mc_num, batch_size=batch_size,
+                                     cfg_scale=float(cfg_scale), seed=seed)
+
+    def score_choices(self, context, choices) -> ChoiceScores:
+        """iLLaDA's confidence-based multiple-choice scoring: per-choice scores and the best index."""
+        if not isinstance(choices, (list, tuple)) or not choices:
+            raise ValueError("choices: expected a non-empty list")
+        scores = []
+        for c in choices:
+            ctx, cont = self._pair(context, c)
+            if not cont:
+                raise ValueError(f"choices: choice {c!r} is empty")
+            self._check_ids(torch.tensor(ctx + cont, dtype=torch.long), "context/choice")
+            self._check_length(len(ctx) + len(cont))
+            scores.append(scoring.score_choice(self, ctx, cont))
+        return ChoiceScores(scores, max(range(len(scores)), key=scores.__getitem__))
+
+    # -- text -------------------------------------------------------------------------------------
+    def _need_tokenizer(self) -> Tokenizer:
+        if self.tokenizer is None:
+            raise ValueError(f"{self.path}: text needs a tokenizer (tokenizer.json or tokenizer.model) and this "
+                             f"checkpoint has none; pass token ids instead")
+        return self.tokenizer
+
+    def encode_prompt(self, text: str, chat: bool = False) -> list[int]:
+        """Token ids of a text prompt (through the chat template when chat=True)."""
+        tok = self._need_tokenizer()
+        if chat:
+            return tok.encode(tok.apply_chat_template([{"role": "user", "content": text}]))
+        return tok.encode(text, add_special_tokens=True)
+
+    def decode_generation(self, ids, stop: list[str] | None = None) -> str:
+        """Text of generated ids, ending before the first end-of-sequence / end-of-turn token and before the
+        first stop string."""
+        tok = self._need_tokenizer()
+        ids = [int(i) for i in ids]
+        stops = tok.stop_ids()
+        cut = next((n for n, i in enumerate(ids) if i in stops), len(ids))
+        text = tok.decode(ids[:cut], skip_special_tokens=True)
+        for s in stop or []:
+            text = text.split(s)[0]
+        return text
 
 
-def load(path, device="cpu", dtype=None, mask_token_id: int | None = None) -> Model:
-    """Load a LLaDA or Llama-style (iLLaDA) checkpoint directory (config.json + safetensors)."""
-    if path is None:
-        raise ValueError("path: no checkpoint directory given (the embedded default model is not bundled yet)")
-    directory = Path(path)
+def load(path=None, device="cpu", dtype=None, mask_token_id: int | None = None) -> Model:
+    """Load a LLaDA or Llama-style (iLLaDA) checkpoint directory (config.json + safetensors).
+
+    path=None loads the embedded default model (illada_rt/assets/default).
+    """
+    directory = DEFAULT_MODEL if path is None else Path(path)
     if not directory.is_dir():
+        if path is None:
+            raise ConfigError(f"the embedded default model is missing from this install ({directory}); "
+                              f"reinstall illada-rt or pass a checkpoint directory")
         raise ConfigError(f"{directory}: checkpoint directory does not exist")
     cfg = read_config(directory)
     dev = _resolve_device(device)
-    mask_id = _resolve_mask_id(cfg, directory, mask_token_id)
+    tokenizer = load_tokenizer(directory)
+    mask_id = _resolve_mask_id(cfg, directory, tokenizer, mask_token_id)
     store = WeightStore(directory)
     dt = _resolve_dtype(dtype, dev, store)
-    return Model(directory, cfg, Transformer(cfg, store, dev, dt), mask_id)
+    return Model(directory, cfg, Transformer(cfg, store, dev, dt), mask_id, tokenizer)

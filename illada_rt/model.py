@@ -17,6 +17,25 @@ from .checkpoint import WeightStore, check_layout_matches, global_names, layer_n
 from .config import ModelConfig
 
 
+class KVCache:
+    """Keys (after RoPE) and values of every layer for a whole canvas: [B, n_kv_heads, T, head_dim] each.
+
+    Filled by a full forward (Transformer.forward(..., cache=c)); a later forward over columns
+    [cache_from, cache_from + L) writes its fresh keys/values into those slots and attends to all T slots.
+    That one mechanism gives Fast-dLLM's prefix cache (input = block start .. end of canvas) and its dual
+    cache (input = the block). Caching after RoPE gives the same numbers as rotating cached raw keys on
+    every call: the rotation of a key depends only on its own position.
+    """
+
+    def __init__(self, n_layers: int):
+        self.k: list[torch.Tensor | None] = [None] * n_layers
+        self.v: list[torch.Tensor | None] = [None] * n_layers
+
+    @property
+    def length(self) -> int:
+        return 0 if self.k[0] is None else self.k[0].shape[2]
+
+
 @dataclass
 class LayerWeights:
     attn_norm: torch.Tensor
@@ -56,28 +75,44 @@ class Transformer:
     @torch.inference_mode()
     def forward(self, ids: torch.Tensor, key_mask: torch.Tensor | None = None,
                 positions: torch.Tensor | None = None, logits_from: int = 0,
-                logits_to: int | None = None) -> torch.Tensor:
-        """ids [B, T] int64 -> float32 logits [B, logits_to - logits_from, embedding_size].
+                logits_to: int | None = None, cache: KVCache | None = None,
+                cache_from: int | None = None) -> torch.Tensor:
+        """ids [B, L] int64 -> float32 logits [B, logits_to - logits_from, embedding_size].
 
         key_mask [B, T] bool: False marks padding keys nobody may attend to. positions [B, T] or [T]:
-        RoPE positions (default 0..T-1). Only rows logits_from:logits_to go through the final norm and
-        the LM head, which is where most of a small block's FLOPs would otherwise go.
+        RoPE positions of the whole canvas (default 0..T-1). Only rows logits_from:logits_to of the input
+        go through the final norm and the LM head, which is where most of a small block's FLOPs would
+        otherwise go. With `cache` and cache_from=None the input is the whole canvas (T = L) and its
+        keys/values fill the cache; with cache_from=s the input is canvas columns [s, s + L), which
+        overwrite their cache slots, and attention runs over all T cached slots.
         """
         cfg = self.cfg
-        B, T = ids.shape
+        B, L = ids.shape
+        T = L if cache_from is None else cache.length
         if positions is None:
             positions = torch.arange(T, device=ids.device)
+        if cache_from is not None:
+            if not 0 <= cache_from <= T - L:
+                raise ValueError(f"cache_from={cache_from} with {L} columns does not fit a cache of {T}")
+            positions = positions[..., cache_from:cache_from + L]
         cos, sin = ops.rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta)
         h = F.embedding(ids, self.embed)
         H, Hkv, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        for w in self.layers:
+        for i, w in enumerate(self.layers):
             n = ops.rms_norm(h, w.attn_norm, cfg.rms_norm_eps)
-            q = F.linear(n, w.q).view(B, T, H, D).transpose(1, 2)
-            k = F.linear(n, w.k).view(B, T, Hkv, D).transpose(1, 2)
-            v = F.linear(n, w.v).view(B, T, Hkv, D).transpose(1, 2)
+            q = F.linear(n, w.q).view(B, L, H, D).transpose(1, 2)
+            k = F.linear(n, w.k).view(B, L, Hkv, D).transpose(1, 2)
+            v = F.linear(n, w.v).view(B, L, Hkv, D).transpose(1, 2)
             q = ops.apply_rope(q, cos, sin)
             k = ops.apply_rope(k, cos, sin)
-            a = ops.attention(q, k, v, key_mask).transpose(1, 2).reshape(B, T, H * D)
+            if cache is not None:
+                if cache_from is None:
+                    cache.k[i], cache.v[i] = k, v
+                else:
+                    cache.k[i][:, :, cache_from:cache_from + L] = k
+                    cache.v[i][:, :, cache_from:cache_from + L] = v
+                    k, v = cache.k[i], cache.v[i]
+            a = ops.attention(q, k, v, key_mask).transpose(1, 2).reshape(B, L, H * D)
             h = h + F.linear(a, w.o)
             m = ops.rms_norm(h, w.ff_norm, cfg.rms_norm_eps)
             h = h + F.linear(ops.swiglu(F.linear(m, w.gate), F.linear(m, w.up)), w.down)

@@ -59,28 +59,47 @@ def _rope(x, pos, theta):
 def forward(weights, ids: torch.Tensor, key_mask: torch.Tensor | None = None,
             positions: torch.Tensor | None = None) -> torch.Tensor:
     """float64 logits [B, T, V] of the bidirectional transformer."""
+    return forward_cached(weights, ids, key_mask, positions)[0]
+
+
+def forward_cached(weights, ids, key_mask=None, positions=None, cache=None, lo=0):
+    """Like forward, with an explicit key/value cache.
+
+    cache=None: ids is the whole canvas; returns (logits [B, T, V], per-layer (k, v) of every position).
+    cache=list of (k, v) [B, T, KV, D]: ids are canvas columns [lo, lo + L); at every layer their fresh
+    keys/values replace those slots of the cached ones and attention runs over all T slots. Returns
+    (logits [B, L, V], the updated cache).
+    """
     dims, layers, emb, norm, head = weights
-    B, T = ids.shape
+    B, L = ids.shape
     H, KV, D = dims["h"], dims["kv"], dims["d"] // dims["h"]
+    T = L if cache is None else cache[0][0].shape[1]
     if positions is None:
         positions = torch.arange(T).expand(B, T)
+    pos = positions[:, lo:lo + L]
     x = emb[ids]
-    for L in layers:
-        n = _rms(x, L["an"], dims["eps"])
-        q = _rope((n @ L["q"].T).view(B, T, H, D), positions, dims["theta"])
-        k = _rope((n @ L["k"].T).view(B, T, KV, D), positions, dims["theta"])
-        v = (n @ L["v"].T).view(B, T, KV, D)
+    new_cache = []
+    for li, Lw in enumerate(layers):
+        n = _rms(x, Lw["an"], dims["eps"])
+        q = _rope((n @ Lw["q"].T).view(B, L, H, D), pos, dims["theta"])
+        k = _rope((n @ Lw["k"].T).view(B, L, KV, D), pos, dims["theta"])
+        v = (n @ Lw["v"].T).view(B, L, KV, D)
+        if cache is not None:
+            kc, vc = cache[li][0].clone(), cache[li][1].clone()
+            kc[:, lo:lo + L], vc[:, lo:lo + L] = k, v
+            k, v = kc, vc
+        new_cache.append((k, v))
         kv_of = torch.tensor([j * KV // H for j in range(H)])   # query head j -> kv head j // (H/KV)
-        k, v = k[:, :, kv_of], v[:, :, kv_of]
-        s = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(D)
+        kk, vv = k[:, :, kv_of], v[:, :, kv_of]
+        s = torch.einsum("bqhd,bkhd->bhqk", q, kk) / math.sqrt(D)
         if key_mask is not None:
             s = s.masked_fill(~key_mask[:, None, None, :], float("-inf"))
-        a = torch.einsum("bhqk,bkhd->bqhd", torch.softmax(s, -1), v).reshape(B, T, H * D)
-        x = x + a @ L["o"].T
-        m = _rms(x, L["fn"], dims["eps"])
-        g = m @ L["g"].T
-        x = x + ((g / (1 + torch.exp(-g))) * (m @ L["u"].T)) @ L["dn"].T
-    return _rms(x, norm, dims["eps"]) @ head.T
+        a = torch.einsum("bhqk,bkhd->bqhd", torch.softmax(s, -1), vv).reshape(B, L, H * D)
+        x = x + a @ Lw["o"].T
+        m = _rms(x, Lw["fn"], dims["eps"])
+        g = m @ Lw["g"].T
+        x = x + ((g / (1 + torch.exp(-g))) * (m @ Lw["u"].T)) @ Lw["dn"].T
+    return _rms(x, norm, dims["eps"]) @ head.T, new_cache
 
 
 def reference_generate(logits_fn, prompt: torch.Tensor, *, steps, gen_length, block_length, mask_id,
@@ -130,3 +149,85 @@ def reference_generate(logits_fn, prompt: torch.Tensor, *, steps, gen_length, bl
                 transfer[r, idx] = True
             x[transfer] = x0[transfer]
     return x, calls
+
+
+def fastdllm_factor_count(sorted_conf, factor):
+    """How many tokens Fast-dLLM's get_transfer_index_dynamic commits, as its loop is written."""
+    threshs = [1 - factor / (n + 1) for n in range(1, len(sorted_conf) + 1)]
+    threshs[0] = -1
+    top_i = 0
+    for top_i in range(len(threshs)):
+        if sorted_conf[top_i] < threshs[top_i]:
+            break
+    if top_i == 0 or top_i == len(threshs) - 1:
+        top_i += 1
+    return top_i
+
+
+def _fastdllm_transfer(logits, mask_index, x, k_fixed, threshold, factor):
+    """Fast-dLLM's get_transfer_index / get_transfer_index_dynamic at temperature 0, row by row."""
+    x0 = logits.argmax(-1)
+    p = torch.softmax(logits.to(torch.float64), -1)
+    x0_p = torch.gather(p, -1, x0[..., None]).squeeze(-1)
+    x0 = torch.where(mask_index, x0, x)
+    conf = torch.where(mask_index, x0_p, torch.tensor(-np.inf, dtype=torch.float64))
+    transfer = torch.zeros_like(x0, dtype=torch.bool)
+    for j in range(conf.shape[0]):
+        n_masked = int(mask_index[j].sum())
+        if factor is not None:
+            if n_masked == 0:
+                continue
+            sorted_conf = torch.sort(conf[j][mask_index[j]], descending=True)[0]
+            _, idx = torch.topk(conf[j], k=fastdllm_factor_count(sorted_conf, factor))
+            transfer[j, idx] = True
+        elif threshold is not None:
+            _, idx = torch.topk(conf[j], k=n_masked)
+            transfer[j, idx] = True
+            for q in range(1, n_masked):
+                if conf[j, idx[q]] < threshold:
+                    transfer[j, idx[q]] = False
+        else:
+            _, idx = torch.topk(conf[j], k=int(k_fixed[j]))
+            transfer[j, idx] = True
+    return x0, transfer
+
+
+def fastdllm_generate(weights, prompt, *, steps, gen_length, block_length, mask_id, cache=None, threshold=None,
+                      factor=None):
+    """Fast-dLLM's generate / generate_with_prefix_cache / generate_with_dual_cache at temperature 0, step by
+    step, on the float64 model above (cache=None, "prefix" or "dual"). Returns (x, nfe)."""
+    B, P = prompt.shape
+    x = torch.full((B, P + gen_length), mask_id, dtype=torch.long)
+    x[:, :P] = prompt
+    T = x.shape[1]
+    num_blocks = gen_length // block_length
+    spb = steps // num_blocks
+    nfe = 0
+    for nb in range(num_blocks):
+        start, end = P + nb * block_length, P + (nb + 1) * block_length
+        cnt = (x[:, start:end] == mask_id).sum(1)
+        sched = torch.zeros(B, spb, dtype=torch.long) + (cnt // spb)[:, None]
+        for r in range(B):
+            sched[r, : int(cnt[r] % spb)] += 1
+        i = 0
+        kv = None
+        while (x[:, start:end] == mask_id).any():
+            nfe += 1
+            if cache is None or i == 0:
+                logits, kv = forward_cached(weights, x)
+                mask_index = x == mask_id
+                mask_index[:, end:] = False
+                x0, tr = _fastdllm_transfer(logits, mask_index, x, sched[:, min(i, spb - 1)], threshold, factor)
+                x[tr] = x0[tr]
+            else:
+                stop = T if cache == "prefix" else end
+                # fresh keys/values of the input columns replace their slots: for the prefix cache that is
+                # everything from the block start on (Fast-dLLM's truncate-and-append), for dual the block
+                logits, _ = forward_cached(weights, x[:, start:stop], cache=kv, lo=start)
+                seg = x[:, start:stop]
+                mask_index = seg == mask_id
+                mask_index[:, block_length:] = False
+                x0, tr = _fastdllm_transfer(logits, mask_index, seg, sched[:, min(i, spb - 1)], threshold, factor)
+                seg[tr] = x0[tr]
+            i += 1
+    return x, nfe

@@ -222,9 +222,11 @@ def test_no_mask_token_anywhere(checkpoints):
 
 def test_mask_token_from_tokenizer_files(tmp_path):
     from illada_rt.synthetic import TinySpec, write_checkpoint
-    d = write_checkpoint(tmp_path / "t", TinySpec(layout="llama", mask_token_id=None))
-    (d / "tokenizer.json").write_text(json.dumps({"added_tokens": [{"id": 99, "content": "<[MASK]>"}]}))
-    assert illada_rt.load(d).mask_token_id == 99
+    from tokenizer_fixtures import write_hf_tokenizer
+    d = write_hf_tokenizer(tmp_path / "t", mask="<|mask_of_mine|>", declare_mask=True)  # declared, not known by name
+    write_checkpoint(d, TinySpec(layout="llama", vocab_size=300, mask_token_id=None))
+    m = illada_rt.load(d)
+    assert m.mask_token_id == m.tokenizer.token_to_id("<|mask_of_mine|>")
 
 
 def test_conflicting_mask_token(checkpoints):
@@ -266,7 +268,8 @@ def model(checkpoints):
     ([1, 2, 3], {}, ValueError, "list of token-id lists"),
     (torch.zeros(0, 4, dtype=torch.long), {}, ValueError, "empty batch"),
     ([], {}, ValueError, "empty batch"),
-    ("hello", {}, TypeError, "text prompts need a tokenizer"),
+    ("hello", {}, ValueError, "text needs a tokenizer"),
+    (["a", 3], {}, ValueError, "list of token-id lists"),
     (3.5, {}, TypeError, "expected a LongTensor"),
     ([[1, 2]], dict(gen_length=12, block_length=8), ValueError, r"block_length \(8\) must divide gen_length \(12\)"),
     ([[1, 2]], dict(gen_length=16, block_length=4, steps=6), ValueError, "steps .6. must be divisible by the number of blocks"),

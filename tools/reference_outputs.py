@@ -392,6 +392,19 @@ CHECKPOINTS = [
 ]
 
 
+def checkpoint_entry(name, spec: dict, ckpt, mask_override, fields, config_key):
+    """The identifying header of one checkpoint's record: spec, file hashes, the reference's config."""
+    return {
+        "name": name,
+        "spec": spec,
+        "mask_id_passed_separately": mask_override is not None,
+        "files_sha256": {p.name: sha256_file(p) for p in sorted(ckpt.iterdir())
+                         if p.suffix in (".safetensors", ".json")},
+        config_key: {k: (str(v) if not isinstance(v, (int, float, bool, type(None))) else v)
+                     for k, v in sorted(fields.items())},
+    }
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reference-dir", required=True, type=Path)
@@ -439,17 +452,9 @@ def main(argv=None) -> int:
             spec = synthetic.TinySpec(**spec_kwargs)
             ckpt = synthetic.write_checkpoint(Path(tmp) / name, spec)
             model, fields = build_reference_model(cfg_mod, mdl_mod, ckpt)
-            entry = {
-                "name": name,
-                "spec": synthetic.spec_dict(spec),
-                "mask_id_passed_separately": mask_override is not None,
-                "files_sha256": {p.name: sha256_file(p) for p in sorted(ckpt.iterdir())
-                                 if p.suffix in (".safetensors", ".json")},
-                "reference_config": {k: (str(v) if not isinstance(v, (int, float, bool, type(None))) else v)
-                                     for k, v in sorted(fields.items())},
-                "forward": record_forward(model),
-                "generate": record_generate(samplers, model),
-            }
+            entry = checkpoint_entry(name, synthetic.spec_dict(spec), ckpt, mask_override, fields, "reference_config")
+            entry["forward"] = record_forward(model)
+            entry["generate"] = record_generate(samplers, model)
             doc["checkpoints"].append(entry)
             degenerate = [c["params"] for c in entry["generate"] if min(c["distinct_generated_tokens"]) <= 1]
             legacy_diff = [c["params"] for c in entry["generate"] if c.get("legacy_41760b9_same_tokens") is False]

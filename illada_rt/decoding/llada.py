@@ -21,9 +21,6 @@ import torch.nn.functional as F
 
 from .. import ops
 
-REMASKING = ("low_confidence", "random")
-
-
 @dataclass
 class Canvas:
     tokens: torch.Tensor       # [B, P + gen_length] int64
@@ -50,9 +47,12 @@ def transfer_schedule(block_masks: torch.Tensor, steps: int) -> torch.Tensor:
     return base + (torch.arange(steps, device=n.device)[None, :] < rem).long()
 
 
-def propose(logits: torch.Tensor, temperature: float, remasking: str,
-            generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """logits [B, L, V] float32 -> (x0 [B, L] int64, confidence [B, L] float32/float64)."""
+def propose(logits: torch.Tensor, temperature: float, remasking: str, generator: torch.Generator | None,
+            conf_dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits [B, L, V] float32 -> (x0 [B, L] int64, confidence [B, L] in conf_dtype).
+
+    LLaDA's generate.py takes the softmax in the logits' dtype (float32 here); Fast-dLLM in float64.
+    """
     if temperature > 0:
         # Gumbel-max in float64 exactly as the reference writes it: exp(l) / (-log u)^T.
         noise = torch.rand(logits.shape, dtype=torch.float64, device=logits.device, generator=generator)
@@ -60,7 +60,7 @@ def propose(logits: torch.Tensor, temperature: float, remasking: str,
     else:
         x0 = torch.argmax(logits, dim=-1)
     if remasking == "low_confidence":
-        conf = torch.gather(F.softmax(logits, dim=-1), -1, x0[..., None]).squeeze(-1)
+        conf = torch.gather(F.softmax(logits.to(conf_dtype), dim=-1), -1, x0[..., None]).squeeze(-1)
     else:
         conf = torch.rand(x0.shape, device=x0.device, generator=generator)
     return x0, conf
@@ -83,11 +83,29 @@ def guided_logits(model, canvas: Canvas, x: torch.Tensor, prompt_index: torch.Te
     return model.transformer.forward(x, key_mask, positions, lo, hi)
 
 
+def rows_ended(x: torch.Tensor, P: int, end: int, eos_ids: torch.Tensor) -> bool:
+    """True when every row's generation up to `end` holds an end-of-sequence id and only such ids after it
+    (LLaDA instruct models pad their answers with EOS): the rest of the canvas can be filled with EOS."""
+    gen = x[:, P:end]
+    is_eos = torch.isin(gen, eos_ids)
+    if not bool(is_eos.any(1).all()):
+        return False
+    first = is_eos.float().argmax(1)
+    after = torch.arange(gen.shape[1], device=gen.device)[None, :] >= first[:, None]
+    return bool((is_eos | ~after).all())
+
+
 @torch.inference_mode()
 def generate_llada(model, ids: torch.Tensor, attn: torch.Tensor, *, gen_length: int, steps: int,
                    block_length: int, temperature: float, remasking: str, cfg_scale: float,
-                   generator: torch.Generator | None) -> tuple[Canvas, int]:
-    """Decode; returns the final canvas and the number of forward calls (NFE)."""
+                   generator: torch.Generator | None, callback=None,
+                   eos_ids: torch.Tensor | None = None) -> tuple[Canvas, int]:
+    """Decode; returns the final canvas and the number of forward calls (NFE).
+
+    callback(step, tokens, transferred), if given, runs after every step: step counts forwards from 0,
+    tokens is the live canvas [B, T] (read it, do not modify it), transferred a [B, T] bool mask of the
+    positions filled in this step. eos_ids: stop early (eos_early_stop) once every row has ended with them.
+    """
     mask_id = model.mask_token_id
     canvas = make_canvas(ids, attn, gen_length, mask_id)
     x, P = canvas.tokens, canvas.prompt_length
@@ -108,5 +126,13 @@ def generate_llada(model, ids: torch.Tensor, attn: torch.Tensor, *, gen_length: 
             logits = guided_logits(model, canvas, x, prompt_index, cfg_scale, lo, b_end)
             nfe += 1
             x0, conf = propose(logits, temperature, remasking, generator)
+            before = x[:, lo:b_end].clone() if callback is not None else None
             ops.select_confident(conf.contiguous(), x0.contiguous(), k, x[:, lo:b_end], mask_id)
+            if callback is not None:
+                transferred = torch.zeros_like(x, dtype=torch.bool)
+                transferred[:, lo:b_end] = x[:, lo:b_end] != before
+                callback(nfe - 1, x, transferred)
+        if eos_ids is not None and nb + 1 < num_blocks and rows_ended(x, P, b_end, eos_ids):
+            x[:, b_end:] = eos_ids[0]
+            break
     return canvas, nfe
