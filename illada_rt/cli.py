@@ -56,8 +56,14 @@ def cmd_generate(args) -> int:
     timings["generate_s"] = round(time.perf_counter() - t0, 4)
     out = g.generated[0, :int(g.lengths[0])].tolist()
     text = g.text[0] if g.text is not None else None
+    filled = None
+    if m.mask_token_id in batch[0]:  # infilling: show the prompt with its masks filled, then the generation
+        row = g.tokens[0, g.attention_mask[0]][:len(batch[0]) + len(out)].tolist()
+        filled = m.decode_generation(row) if text is not None else None
+        text = filled
     if args.json:
         print(json.dumps({"prompt": prompt if not args.ids else None, "prompt_ids": batch[0], "tokens": out,
+                          "filled_prompt_ids": g.tokens[0, g.attention_mask[0]][:len(batch[0])].tolist(),
                           "text": text, "nfe": g.nfe, "timings": timings,
                           "tokens_per_s": round(len(out) / max(timings["generate_s"], 1e-9), 2)}))
     else:

@@ -103,10 +103,12 @@ def forward_cached(weights, ids, key_mask=None, positions=None, cache=None, lo=0
 
 
 def reference_generate(logits_fn, prompt: torch.Tensor, *, steps, gen_length, block_length, mask_id,
-                       cfg_scale=0.0, attention_mask=None):
+                       cfg_scale=0.0, attention_mask=None, count_prompt_masks=False):
     """LLaDA's generate() semantics at temperature 0, step by step on the full canvas.
 
     logits_fn(x, attention_mask) -> [B, T, V] logits of the whole canvas. Returns (x, forward calls).
+    count_prompt_masks: a block's schedule counts every mask left of its end, not only its own (illada-rt's
+    infilling rule; the reference counts the block's masks only, so prompt masks take generation slots).
     """
     B, P = prompt.shape
     x = torch.full((B, P + gen_length), mask_id, dtype=torch.long)
@@ -120,7 +122,8 @@ def reference_generate(logits_fn, prompt: torch.Tensor, *, steps, gen_length, bl
     steps = steps // num_blocks
     calls = 0
     for nb in range(num_blocks):
-        bm = x[:, P + nb * block_length: P + (nb + 1) * block_length] == mask_id
+        lo = 0 if count_prompt_masks else P + nb * block_length
+        bm = x[:, lo: P + (nb + 1) * block_length] == mask_id
         cnt = bm.sum(1)
         sched = torch.zeros(B, steps, dtype=torch.long) + (cnt // steps)[:, None]
         for r in range(B):

@@ -106,3 +106,19 @@ def test_readme_test_command_is_what_ci_runs():
     assert _readme_block()[1] == "bash .ci/run"
     ci = (ROOT / ".ci" / "run").read_text()
     assert "pytest" in ci and "torch==2.13.0" in ci
+
+
+def test_readme_samples():
+    """Every `$ illada-rt generate ...` sample in the README prints exactly the output shown under it."""
+    readme = (ROOT / "README.md").read_text()
+    samples = []
+    for block in re.findall(r"```console\n(.*?)```", readme, re.S):
+        for chunk in block.strip("\n").split("\n\n"):
+            lines = chunk.splitlines()
+            assert lines[0].startswith("$ illada-rt generate "), lines[0]
+            samples.append((lines[0][2:], "\n".join(lines[1:])))
+    assert len(samples) >= 5
+    for cmd, want in samples:
+        r = subprocess.run(["bash", "-ec", cmd], capture_output=True, text=True, cwd=ROOT, timeout=300)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.rstrip("\n") == want, cmd

@@ -59,13 +59,35 @@ def test_batch_of_two_matches_reference_semantics(checkpoints):
 
 
 def test_masks_inside_the_prompt_are_filled(checkpoints):
-    """Infilling: prompt masks compete for the transfer slots exactly as in the reference."""
+    """Infilling: the first block's schedule also counts the prompt's masks, so every mask is filled (the
+    reference counts only the block's masks and leaves that many generation slots masked)."""
     m = _load(checkpoints, "llada_mha")
-    prompt = _prompt(1, 10, seed=2)
+    prompt = _prompt(2, 10, seed=2)
     prompt[0, [2, 3, 7]] = MASK_ID
+    prompt[1, [5]] = MASK_ID
     g = m.generate(prompt, gen_length=8, steps=8, block_length=4)
-    want, _ = reference_generate(_full_logits(m), prompt, steps=8, gen_length=8, block_length=4, mask_id=MASK_ID)
+    want, _ = reference_generate(_full_logits(m), prompt, steps=8, gen_length=8, block_length=4, mask_id=MASK_ID,
+                                 count_prompt_masks=True)
     assert torch.equal(g.tokens, want)
+    assert not (g.tokens == MASK_ID).any()
+    ref, _ = reference_generate(_full_logits(m), prompt, steps=8, gen_length=8, block_length=4, mask_id=MASK_ID)
+    assert (ref == MASK_ID).sum() == 4  # the reference's rule, for contrast
+
+
+@pytest.mark.parametrize("kwargs", [dict(threshold=0.9), dict(factor=1.0), dict(cache="prefix"),
+                                    dict(cache="dual", threshold=0.5), dict(max_new_tokens=8, block_length=4)])
+def test_infilling_fills_every_mask_with_every_policy(checkpoints, kwargs):
+    m = _load(checkpoints, "llama_gqa_tied")
+    prompt = _prompt(2, 10, seed=3)
+    prompt[0, [1, 4]] = MASK_ID
+    prompt[1, [8]] = MASK_ID
+    args = dict(gen_length=8, steps=8, block_length=4)
+    if "max_new_tokens" in kwargs:
+        args["gen_length"] = None
+    args.update(kwargs)
+    g = m.generate(prompt, **args)
+    assert not (g.tokens == MASK_ID).any()
+    assert torch.equal(g.tokens[:, :10][prompt != MASK_ID], prompt[prompt != MASK_ID])
 
 
 @pytest.mark.parametrize("kwargs", [dict(), dict(cfg_scale=1.0), dict(temperature=0.7, seed=1),

@@ -88,11 +88,15 @@ def generate_fast(model, ids: torch.Tensor, attn: torch.Tensor, *, gen_length: i
 
     for nb in range(gen_length // block_length):
         start, end = P + nb * block_length, P + (nb + 1) * block_length
+        # Masks inside the prompt (infilling) join the first block: its schedule counts them and its cached
+        # steps run from the first of them. Without prompt masks this is Fast-dLLM's block exactly.
+        open_cols = (x[:, :end] == mask_id).any(dim=0).nonzero()
+        start = min(start, int(open_cols[0])) if open_cols.numel() else start
         schedule = transfer_schedule(x[:, start:end] == mask_id, steps_per_block)
         i = 0
         kv = KVCache(len(tf.layers)) if cache is not None else None
         while bool((x[:, start:end] == mask_id).any()):
-            # past the schedule (only when masks inside the prompt took some of its slots): one per step
+            # past the schedule (threshold/factor runs until the block is full): one per step
             k_fixed = schedule[:, i] if i < steps_per_block else torch.ones_like(schedule[:, 0])
             if kv is None or i == 0:
                 # full canvas forward (fills the cache at a block start); candidates: masks left of the block end

@@ -11,6 +11,9 @@ masks // steps tokens plus one for the first masks % steps steps; x0 = argmax of
 in float64 when temperature > 0); confidence = softmax probability of x0 under the untempered logits
 (low_confidence) or U(0,1) (random); masked positions right of the block never transfer; CFG runs the
 canvas with the prompt replaced by masks and uses un + (cfg + 1) * (cond - un).
+
+One deliberate difference, for infilling: masks inside the prompt are counted in the first block's
+schedule, so every mask gets filled (the reference leaves as many generated positions masked).
 """
 from __future__ import annotations
 
@@ -115,7 +118,10 @@ def generate_llada(model, ids: torch.Tensor, attn: torch.Tensor, *, gen_length: 
     nfe = 0
     for nb in range(num_blocks):
         b_start, b_end = P + nb * block_length, P + (nb + 1) * block_length
-        schedule = transfer_schedule(x[:, b_start:b_end] == mask_id, steps_per_block)
+        # The schedule counts every mask left of the block end: the block's, and in the first block the
+        # prompt's (infilling). The reference counts the block's only, so there prompt masks take slots and
+        # as many generated positions stay masked; without prompt masks the two are the same.
+        schedule = transfer_schedule(x[:, :b_end] == mask_id, steps_per_block)
         for i in range(steps_per_block):
             k = schedule[:, i].contiguous()
             if not bool(k.any()):

@@ -53,6 +53,8 @@ def generate_varlen(model, ids: torch.Tensor, attn: torch.Tensor, *, max_new_tok
         new = canvas.tokens[:, width:].tolist()
         still = []
         for i, r in enumerate(active):
+            if rows[r]:  # masks inside the prompt (infilling) were filled in the first round
+                rows[r] = canvas.tokens[i, width - len(prompts[i]):width - len(out[r])].tolist()
             block = new[i]
             hit = next((j for j, t in enumerate(block) if t in stop_ids), None)
             out[r] += block if hit is None else block[:hit + 1]
@@ -69,6 +71,7 @@ def generate_varlen(model, ids: torch.Tensor, attn: torch.Tensor, *, max_new_tok
     tokens[:, :P] = ids
     valid[:, :P] = attn
     for r, o in enumerate(out):
+        tokens[r, :P][attn[r]] = torch.tensor(rows[r], dtype=torch.long, device=ids.device)
         tokens[r, P:P + len(o)] = torch.tensor(o, dtype=torch.long)
         valid[r, P:P + len(o)] = True
     return tokens, valid, torch.tensor([len(o) for o in out]), nfe
