@@ -9,28 +9,22 @@ __version__ = "0.1.0"
 
 
 def _cpu_info() -> dict:
-    """CPU model and the widest x86 vector ISA the OS reports (from /proc/cpuinfo where it exists)."""
+    """CPU model, and the ISA the compiled kernels detected (CPUID + xgetbv) and will run with."""
     import platform
 
-    info = {"machine": platform.machine(), "model": platform.processor() or None, "isa": "generic"}
+    from . import ops
+
+    info = {"machine": platform.machine(), "model": platform.processor() or None, "isa": ops.cpu_isa(),
+            "isas": ops.cpu_isas()}
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            text = f.read()
+            for line in f:
+                key, _, val = line.partition(":")
+                if key.strip() == "model name":
+                    info["model"] = val.strip()
+                    break
     except OSError:
-        return info
-    flags: set[str] = set()
-    for line in text.splitlines():
-        key, _, val = line.partition(":")
-        if key.strip() == "model name" and not info["model"]:
-            info["model"] = val.strip()
-        elif key.strip() in ("flags", "Features"):
-            flags = set(val.split())
-            break
-    for isa, need in (("amx", {"amx_tile", "amx_int8"}), ("avx512", {"avx512f", "avx512bw", "avx512vl"}),
-                      ("avx2", {"avx2", "fma"})):
-        if need <= flags:
-            info["isa"] = isa
-            break
+        pass
     return info
 
 
@@ -46,6 +40,9 @@ def capabilities() -> dict:
                              "cuda": "reference"},
         "attention": {"cpu": "torch", "cuda": "torch"},
         "gemm": {"cpu": "torch", "cuda": "torch"},
+        # no AMX variant yet: an AMX CPU runs the AVX-512 VNNI kernel
+        "gemm_w8a8": {"cpu": f"_C ({status['cpu']['isa'].replace('amx', 'avx512')})"
+                      if status["_C"] and status["kernel_mode"] == "auto" else "reference", "cuda": "reference"},
     }
     return status
 

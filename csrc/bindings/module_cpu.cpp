@@ -10,5 +10,7 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "illada-rt CPU kernels";
   py::register_exception<illada::Error>(m, "KernelArgumentError", PyExc_ValueError);
   py::register_exception<illada::TypeError>(m, "KernelTypeError", PyExc_TypeError);
+  illada::bind::register_cpu_features(m);
   illada::bind::register_sampling(m);
+  illada::bind::register_gemm(m);
 }

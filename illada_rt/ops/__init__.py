@@ -7,6 +7,7 @@ can flip it).
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 
@@ -54,6 +55,84 @@ def select_confident(confidence: torch.Tensor, x0: torch.Tensor, k: torch.Tensor
         _C.select_confident(confidence, x0, k, tokens, int(mask_id), transferred)
     else:
         reference.select_confident(confidence, x0, k, tokens, mask_id, transferred)
+
+
+def _threads() -> int:
+    return max(1, torch.get_num_threads())
+
+
+@dataclass(frozen=True)
+class Int8Weight:
+    """An int8 weight [N, K] with per-output-channel scales, packed once for the CPU W8A8 kernel.
+
+    packed: int8 [round_up(N, 16) * round_up(K, 4)] (blocks of 16 channels, K in groups of 4), colsum: int32
+    [round_up(N, 16)], scale: float32 [N]. `weight()` recovers the plain [N, K] int8 matrix (for the reference
+    path and other devices).
+    """
+    packed: torch.Tensor
+    colsum: torch.Tensor
+    scale: torch.Tensor
+    N: int
+    K: int
+
+    def weight(self) -> torch.Tensor:
+        Np, Kp = _round_up(self.N, 16), _round_up(self.K, 4)
+        blocks = self.packed.view(Np // 16, Kp // 4, 16, 4).permute(0, 2, 1, 3).reshape(Np, Kp)
+        return blocks[:self.N, :self.K].contiguous()
+
+
+def _round_up(v: int, m: int) -> int:
+    return (v + m - 1) // m * m
+
+
+def pack_int8_weight(weight: torch.Tensor, scale: torch.Tensor) -> Int8Weight:
+    """weight [N, K] int8 (CPU), scale [N] (per output channel) -> Int8Weight."""
+    if not isinstance(weight, torch.Tensor) or weight.dtype != torch.int8 or weight.dim() != 2:
+        raise ValueError(f"weight: expected a 2-D int8 tensor, got "
+                         f"{getattr(weight, 'dtype', type(weight).__name__)} {tuple(getattr(weight, 'shape', ()))}")
+    N, K = weight.shape
+    scale = torch.as_tensor(scale).to(torch.float32).reshape(-1).contiguous()
+    if scale.numel() != N:
+        raise ValueError(f"scale: expected {N} per-channel scales for weight {tuple(weight.shape)}, got {scale.numel()}")
+    packed = torch.empty(_round_up(N, 16) * _round_up(K, 4), dtype=torch.int8)
+    colsum = torch.empty(_round_up(N, 16), dtype=torch.int32)
+    if _C is not None:
+        _C.pack_w8(weight.cpu().contiguous(), packed, colsum, _threads())
+    else:  # pragma: no cover - only without a build
+        Np, Kp = _round_up(N, 16), _round_up(K, 4)
+        full = torch.zeros(Np, Kp, dtype=torch.int8)
+        full[:N, :K] = weight
+        packed.copy_(full.view(Np // 16, 16, Kp // 4, 4).permute(0, 2, 1, 3).reshape(-1))
+        colsum.copy_(full.int().sum(1))
+    return Int8Weight(packed, colsum, scale, N, K)
+
+
+def linear_w8a8(x: torch.Tensor, w: Int8Weight, out_dtype: torch.dtype | None = None,
+                isa: str | None = None) -> torch.Tensor:
+    """x [..., K] float32/bfloat16 -> [..., N] (out_dtype, default x's dtype): activations quantized per token
+    to int8, exact int32 GEMM against the packed weight, dequantized by x_scale * w_scale."""
+    if x.shape[-1] != w.K:
+        raise ValueError(f"x: last dimension {x.shape[-1]} does not match the weight's K = {w.K}")
+    out_dtype = out_dtype or x.dtype
+    if not (use_cpu_kernel(x) and x.dtype in (torch.float32, torch.bfloat16)
+            and out_dtype in (torch.float32, torch.bfloat16)):
+        return reference.linear_w8a8(x, w.weight().to(x.device), w.scale.to(x.device), out_dtype)
+    x2 = x.reshape(-1, w.K)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    out = torch.empty(x2.shape[0], w.N, dtype=out_dtype)
+    _C.linear_w8a8(x2, w.packed, w.colsum, w.scale, out, _threads(), isa)
+    return out.reshape(*x.shape[:-1], w.N)
+
+
+def cpu_isa() -> str:
+    """The ISA the CPU kernels run with ('generic', 'avx2', 'avx512' or 'amx'), or 'none' without a build."""
+    return _C.cpu_isa() if _C is not None else "none"
+
+
+def cpu_isas() -> list[str]:
+    """Every ISA level this CPU supports, lowest first (the tests run each)."""
+    return list(_C.cpu_isas()) if _C is not None else []
 
 
 def compiled_status() -> dict:

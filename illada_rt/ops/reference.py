@@ -64,3 +64,29 @@ def select_confident(confidence: torch.Tensor, x0: torch.Tensor, k: torch.Tensor
             tokens[b, idx] = x0[b, idx]
         if transferred is not None:
             transferred[b] = max(kb, 0)
+
+
+def quantize_per_token_s8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [M, K] float -> (q [M, K] int8, scale [M] float32): symmetric per row, scale = max|x| / 127 (1 for an
+    all-zero row), q = round-half-even(x / scale) clamped to [-127, 127]."""
+    xf = x.float()
+    amax = xf.abs().amax(dim=-1, keepdim=True) if xf.shape[-1] else torch.zeros(xf.shape[0], 1)
+    scale = torch.where(amax > 0, amax / 127, torch.ones_like(amax))
+    q = torch.round(xf / scale).clamp_(-127, 127).to(torch.int8)
+    return q, scale.squeeze(-1)
+
+
+def int_matmul_nt(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Exact int32 a [M, K] int8 . w [N, K]^T int8 (float64 holds every partial sum exactly for K < 2^37)."""
+    return (a.double() @ w.double().T).to(torch.int32)
+
+
+def linear_w8a8(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
+                out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """W8A8 linear: x [..., K] float, weight [N, K] int8, weight_scale [N] float32 (per output channel).
+    Activations quantized per token; exact int32 accumulation; out = float(acc) * x_scale * w_scale."""
+    K = x.shape[-1]
+    q, xs = quantize_per_token_s8(x.reshape(-1, K))
+    acc = int_matmul_nt(q, weight)
+    out = acc.float() * xs[:, None] * weight_scale.float()[None, :]
+    return out.to(out_dtype or x.dtype).reshape(*x.shape[:-1], weight.shape[0])

@@ -1,0 +1,225 @@
+// Bindings for the CPU GEMMs and the CPU-feature module.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include "../common/cpu_features.h"
+#include "../cpu/gemm_w8a8.h"
+#include "../cpu/peak.h"
+#include "dlpack_view.h"
+#include "registry.h"
+
+namespace illada::bind {
+
+namespace {
+
+cpu::Isa isa_arg(const py::object& isa) {
+  if (isa.is_none()) return cpu::active_isa();
+  cpu::Isa out;
+  const std::string name = py::cast<std::string>(isa);
+  ILLADA_CHECK(cpu::parse_isa(name, &out), "isa: expected one of generic, avx2, avx512, amx; got '" << name << "'");
+  return cpu::checked_isa(out);
+}
+
+int threads_arg(int n_threads) {
+  ILLADA_CHECK(n_threads >= 1, "n_threads: must be >= 1, got " << n_threads);
+  return n_threads;
+}
+
+// The packed weight of N output channels and padded K (pack_w8's layout) and its column sums.
+void check_packed(const TensorView& packed, const TensorView& colsum, int64_t N, int64_t Kp) {
+  const int64_t Np = cpu::round_up(N, 16);
+  packed.expect_dtype({DType::i8});
+  packed.expect_rank(1);
+  packed.expect_dim(0, Np * Kp, "round_up(N, 16) * round_up(K, 4)");
+  packed.expect_contiguous();
+  colsum.expect_dtype({DType::i32});
+  colsum.expect_rank(1);
+  colsum.expect_dim(0, Np, "round_up(N, 16)");
+  colsum.expect_contiguous();
+}
+
+void pack_w8(py::handle w_, py::handle packed_, py::handle colsum_, int n_threads) {
+  auto w = view(w_, "weight"), packed = view(packed_, "packed"), colsum = view(colsum_, "colsum");
+  for (auto* v : {&w, &packed, &colsum}) v->expect_cpu();
+  w.expect_dtype({DType::i8});
+  w.expect_rank(2);
+  w.expect_inner_contiguous();
+  const int64_t N = w.shape[0], K = w.shape[1];
+  const int64_t Kp = cpu::round_up(K, 4);
+  check_packed(packed, colsum, N, Kp);
+  py::gil_scoped_release nogil;
+  cpu::pack_w8(w.ptr<int8_t>(), w.row_stride(), N, K, packed.ptr<int8_t>(), colsum.ptr<int32_t>(),
+               threads_arg(n_threads));
+}
+
+void quantize_rows_s8(py::handle x_, py::handle q_, py::handle scale_, int n_threads, const py::object& isa_name) {
+  auto x = view(x_, "x"), q = view(q_, "q"), scale = view(scale_, "scale");
+  for (auto* v : {&x, &q, &scale}) v->expect_cpu();
+  x.expect_dtype({DType::f32, DType::bf16});
+  x.expect_rank(2);
+  x.expect_inner_contiguous();
+  const int64_t M = x.shape[0], K = x.shape[1];
+  q.expect_dtype({DType::i8});
+  q.expect_rank(2);
+  q.expect_dim(0, M, "x.shape[0]");
+  q.expect_dim(1, cpu::round_up(K, 4), "round_up(x.shape[1], 4)");
+  q.expect_contiguous();
+  scale.expect_dtype({DType::f32});
+  scale.expect_rank(1);
+  scale.expect_dim(0, M, "x.shape[0]");
+  scale.expect_contiguous();
+  const int nt = threads_arg(n_threads);
+  const cpu::Isa isa = isa_arg(isa_name);
+  py::gil_scoped_release nogil;
+#if defined(ILLADA_HAVE_AVX512)
+  if (isa >= cpu::Isa::avx512) {
+    cpu::quantize_rows_s8_avx512(x.data, x.dtype == DType::bf16, x.row_stride(), M, K, q.ptr<int8_t>(),
+                                 scale.ptr<float>(), /*shifted=*/false, nt);
+    return;
+  }
+#endif
+  cpu::quantize_rows_s8(x.data, x.dtype == DType::bf16, x.row_stride(), M, K, q.ptr<int8_t>(), scale.ptr<float>(), nt);
+}
+
+void gemm_s8(py::handle a_, py::handle packed_, py::handle colsum_, int64_t N, py::handle out_, py::handle a_scale_,
+             py::handle w_scale_, int n_threads, const py::object& isa_name) {
+  auto a = view(a_, "a"), packed = view(packed_, "packed"), colsum = view(colsum_, "colsum"), out = view(out_, "out");
+  for (auto* v : {&a, &packed, &colsum, &out}) v->expect_cpu();
+  a.expect_dtype({DType::i8});
+  a.expect_rank(2);
+  a.expect_inner_contiguous();
+  ILLADA_CHECK(a.shape[1] % 4 == 0, "a: the inner dimension must be a multiple of 4 (zero-padded K), got "
+                                        << a.shape[1]);
+  ILLADA_CHECK(N >= 0, "N: must be >= 0, got " << N);
+  const int64_t M = a.shape[0], Kp = a.shape[1];
+  check_packed(packed, colsum, N, Kp);
+  out.expect_dtype({DType::i32, DType::f32, DType::bf16});
+  out.expect_rank(2);
+  out.expect_dim(0, M, "a.shape[0]");
+  out.expect_dim(1, N, "N");
+  out.expect_inner_contiguous();
+  cpu::GemmS8Params p{};
+  p.out_kind = out.dtype == DType::i32 ? cpu::OutKind::i32 : out.dtype == DType::f32 ? cpu::OutKind::f32
+                                                                                    : cpu::OutKind::bf16;
+  TensorView as, ws;
+  if (p.out_kind != cpu::OutKind::i32) {
+    as = view(a_scale_, "a_scale");
+    ws = view(w_scale_, "w_scale");
+    for (auto* v : {&as, &ws}) {
+      v->expect_cpu();
+      v->expect_dtype({DType::f32});
+      v->expect_rank(1);
+      v->expect_contiguous();
+    }
+    as.expect_dim(0, M, "a.shape[0]");
+    ws.expect_dim(0, N, "N");
+    p.a_scale = as.ptr<float>();
+    p.w_scale = ws.ptr<float>();
+  }
+  p.a = a.ptr<int8_t>();
+  p.lda = a.row_stride();
+  p.w_packed = packed.ptr<int8_t>();
+  p.colsum = colsum.ptr<int32_t>();
+  p.M = M;
+  p.N = N;
+  p.K4 = Kp / 4;
+  p.out = out.data;
+  p.ldo = out.row_stride();
+  p.n_threads = threads_arg(n_threads);
+  const cpu::Isa isa = isa_arg(isa_name);
+  py::gil_scoped_release nogil;
+  cpu::gemm_s8(p, isa);
+}
+
+void linear_w8a8(py::handle x_, py::handle packed_, py::handle colsum_, py::handle w_scale_, py::handle out_,
+                 int n_threads, const py::object& isa_name) {
+  auto x = view(x_, "x"), packed = view(packed_, "packed"), colsum = view(colsum_, "colsum"),
+       ws = view(w_scale_, "w_scale"), out = view(out_, "out");
+  for (auto* v : {&x, &packed, &colsum, &ws, &out}) v->expect_cpu();
+  x.expect_dtype({DType::f32, DType::bf16});
+  x.expect_rank(2);
+  x.expect_inner_contiguous();
+  ws.expect_dtype({DType::f32});
+  ws.expect_rank(1);
+  ws.expect_contiguous();
+  const int64_t M = x.shape[0], K = x.shape[1], N = ws.shape[0];
+  const int64_t Kp = cpu::round_up(K, 4);
+  check_packed(packed, colsum, N, Kp);
+  out.expect_dtype({DType::f32, DType::bf16});
+  out.expect_rank(2);
+  out.expect_dim(0, M, "x.shape[0]");
+  out.expect_dim(1, N, "w_scale.shape[0]");
+  out.expect_inner_contiguous();
+  cpu::LinearW8A8Params p{};
+  p.x = x.data;
+  p.x_is_bf16 = x.dtype == DType::bf16;
+  p.ldx = x.row_stride();
+  p.M = M;
+  p.K = K;
+  p.N = N;
+  p.w_packed = packed.ptr<int8_t>();
+  p.colsum = colsum.ptr<int32_t>();
+  p.w_scale = ws.ptr<float>();
+  p.out = out.data;
+  p.out_is_bf16 = out.dtype == DType::bf16;
+  p.ldo = out.row_stride();
+  p.n_threads = threads_arg(n_threads);
+  const cpu::Isa isa = isa_arg(isa_name);
+  py::gil_scoped_release nogil;
+  cpu::linear_w8a8(p, isa);
+}
+
+}  // namespace
+
+void register_cpu_features(py::module_& m) {
+  m.def("cpu_isa", [] { return std::string(cpu::isa_name(cpu::active_isa())); },
+        "The ISA the CPU kernels use: the best this CPU supports, capped by ILLADA_RT_CPU_ISA.");
+  m.def("cpu_isas", [] {
+        std::vector<std::string> out;
+        for (auto i : cpu::supported_isas()) out.emplace_back(cpu::isa_name(i));
+        return out;
+      }, "Every ISA level this CPU supports, lowest first.");
+  m.def("cpu_features", [] {
+        const auto& f = cpu::cpu_features();
+        py::dict d;
+        d["avx2"] = f.avx2; d["fma"] = f.fma; d["f16c"] = f.f16c;
+        d["avx512f"] = f.avx512f; d["avx512bw"] = f.avx512bw; d["avx512vl"] = f.avx512vl;
+        d["avx512_vnni"] = f.avx512_vnni; d["avx512_bf16"] = f.avx512_bf16;
+        d["amx_tile"] = f.amx_tile; d["amx_int8"] = f.amx_int8; d["amx_bf16"] = f.amx_bf16;
+        d["amx_permitted"] = f.amx_permitted;
+        return d;
+      }, "CPUID/xgetbv feature bits as the kernels see them.");
+  m.def("measure_peak_ops", [](const std::string& kind, int n_threads) {
+        ILLADA_CHECK(kind == "fp32_fma" || kind == "bf16_dot" || kind == "int8_dot",
+                     "kind: expected fp32_fma, bf16_dot or int8_dot, got '" << kind << "'");
+        n_threads = threads_arg(n_threads);
+        py::gil_scoped_release nogil;
+        return cpu::measure_peak_ops(kind, n_threads);
+      }, py::arg("kind"), py::arg("n_threads") = 1,
+      "Measured peak operations/s of a register-only loop of the instruction behind `kind` (0 if absent).");
+  m.def("measure_clock_ghz", [] {
+        py::gil_scoped_release nogil;
+        return cpu::measure_clock_ghz();
+      }, "Core clock (GHz) from a chain of dependent adds.");
+}
+
+void register_gemm(py::module_& m) {
+  m.def("pack_w8", &pack_w8, py::arg("weight"), py::arg("packed"), py::arg("colsum"), py::arg("n_threads") = 1,
+        "Pack int8 weights [N, K] for gemm_s8: packed [round_up(N,16)*round_up(K,4)] int8, colsum [round_up(N,16)] "
+        "int32.");
+  m.def("quantize_rows_s8", &quantize_rows_s8, py::arg("x"), py::arg("q"), py::arg("scale"), py::arg("n_threads") = 1,
+        py::arg("isa") = py::none(),
+        "Per-row symmetric int8 quantization: scale = max|x|/127 (1 for a zero row), q = round(x/scale) in "
+        "[-127, 127], zero-padded to round_up(K, 4).");
+  m.def("linear_w8a8", &linear_w8a8, py::arg("x"), py::arg("packed"), py::arg("colsum"), py::arg("w_scale"),
+        py::arg("out"), py::arg("n_threads") = 1, py::arg("isa") = py::none(),
+        "Fused W8A8 linear: out[M, N] = dequant(quantize_per_row(x)[M, K] . W^T), x float32/bfloat16, out "
+        "float32/bfloat16; the same numbers as quantize_rows_s8 followed by gemm_s8.");
+  m.def("gemm_s8", &gemm_s8, py::arg("a"), py::arg("packed"), py::arg("colsum"), py::arg("N"), py::arg("out"),
+        py::arg("a_scale") = py::none(), py::arg("w_scale") = py::none(), py::arg("n_threads") = 1,
+        py::arg("isa") = py::none(),
+        "out[M, N] = a[M, Kp] . W^T with exact int32 accumulation; int32 out is raw, float32/bfloat16 out is "
+        "float(acc) * a_scale[m] * w_scale[n]. isa: None (active) or a supported level's name.");
+}
+
+}  // namespace illada::bind

@@ -1,0 +1,101 @@
+// Packing, activation quantization and ISA dispatch for the W8A8 GEMM (see gemm_w8a8.h).
+#include "gemm_w8a8.h"
+
+#include "../common/check.h"
+
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+namespace illada::cpu {
+
+void pack_w8(const int8_t* w, int64_t ldw, int64_t N, int64_t K, int8_t* packed, int32_t* colsum, int n_threads) {
+  const int64_t K4 = round_up(K, 4) / 4, NB = round_up(N, 16) / 16;
+#pragma omp parallel for num_threads(n_threads) schedule(static)
+  for (int64_t nb = 0; nb < NB; ++nb) {
+    int8_t* dst = packed + nb * K4 * 64;
+    std::memset(dst, 0, static_cast<size_t>(K4 * 64));
+    for (int64_t j = 0; j < 16; ++j) {
+      const int64_t n = nb * 16 + j;
+      int32_t sum = 0;
+      if (n < N) {
+        const int8_t* row = w + n * ldw;
+        for (int64_t k = 0; k < K; ++k) {
+          dst[(k / 4) * 64 + j * 4 + (k % 4)] = row[k];
+          sum += row[k];
+        }
+      }
+      colsum[n] = sum;
+    }
+  }
+}
+
+void quantize_rows_s8(const void* x, bool x_is_bf16, int64_t ldx, int64_t M, int64_t K, int8_t* q, float* scale,
+                      int n_threads) {
+  const int64_t Kp = round_up(K, 4);
+#pragma omp parallel for num_threads(n_threads) schedule(static)
+  for (int64_t m = 0; m < M; ++m) {
+    float amax = 0.f;
+    const float* xf = static_cast<const float*>(x) + m * ldx;
+    const uint16_t* xh = static_cast<const uint16_t*>(x) + m * ldx;
+    auto at = [&](int64_t k) { return x_is_bf16 ? bf16_to_f32(xh[k]) : xf[k]; };
+    for (int64_t k = 0; k < K; ++k) amax = std::fmax(amax, std::fabs(at(k)));
+    const float s = amax > 0.f ? amax / 127.f : 1.f;
+    scale[m] = s;
+    int8_t* out = q + m * Kp;
+    for (int64_t k = 0; k < K; ++k) {
+      float v = std::nearbyint(at(k) / s);  // default rounding mode: half to even, as torch.round
+      v = v > 127.f ? 127.f : (v < -127.f ? -127.f : v);
+      out[k] = static_cast<int8_t>(v);
+    }
+    for (int64_t k = K; k < Kp; ++k) out[k] = 0;
+  }
+}
+
+void linear_w8a8(const LinearW8A8Params& p, Isa isa) {
+  if (p.M == 0 || p.N == 0) return;
+  const int64_t Kp = round_up(p.K, 4);
+  std::vector<int8_t> q(static_cast<size_t>(p.M * Kp));
+  std::vector<float> xs(static_cast<size_t>(p.M));
+  GemmS8Params g{};
+  g.a = q.data();
+  g.lda = Kp;
+#if defined(ILLADA_HAVE_AVX512)
+  if (isa >= Isa::avx512) {
+    quantize_rows_s8_avx512(p.x, p.x_is_bf16, p.ldx, p.M, p.K, q.data(), xs.data(), /*shifted=*/true, p.n_threads);
+    g.a_shifted = true;
+  } else
+#endif
+  {
+    quantize_rows_s8(p.x, p.x_is_bf16, p.ldx, p.M, p.K, q.data(), xs.data(), p.n_threads);
+  }
+  g.w_packed = p.w_packed;
+  g.colsum = p.colsum;
+  g.M = p.M;
+  g.N = p.N;
+  g.K4 = Kp / 4;
+  g.out_kind = p.out_is_bf16 ? OutKind::bf16 : OutKind::f32;
+  g.a_scale = xs.data();
+  g.w_scale = p.w_scale;
+  g.out = p.out;
+  g.ldo = p.ldo;
+  g.n_threads = p.n_threads;
+  gemm_s8(g, isa);
+}
+
+void gemm_s8(const GemmS8Params& p, Isa isa) {
+  if (p.M == 0 || p.N == 0) return;
+  ILLADA_CHECK(!p.a_shifted || isa >= Isa::avx512, "gemm_s8: shifted (q + 128) activations need the avx512 kernel");
+  switch (isa) {
+#if defined(ILLADA_HAVE_AVX512)
+    case Isa::amx:
+    case Isa::avx512: return gemm_s8_avx512(p);
+#endif
+#if defined(ILLADA_HAVE_AVX2)
+    case Isa::avx2: return gemm_s8_avx2(p);
+#endif
+    default: return gemm_s8_generic(p);
+  }
+}
+
+}  // namespace illada::cpu

@@ -1,0 +1,186 @@
+// AVX-512 VNNI W8A8 GEMM. Register tile: MR rows x NV vectors of 16 output channels (6 x 4: 24 int32
+// accumulators). vpdpbusd multiplies unsigned by signed bytes, so activations are first copied as q + 128
+// (one pass over A; flipping on every broadcast instead costs half the throughput, as the xor competes with
+// vpdpbusd for the same ports) and 128 * colsum[n] is subtracted in the epilogue: the int32 result is exact.
+// Compiled with -mavx512f -mavx512bw -mavx512vl -mavx512vnni; called only when the CPU has them.
+#include <immintrin.h>
+
+#include <cstring>
+#include <vector>
+
+#include "gemm_w8a8.h"
+
+namespace illada::cpu {
+
+namespace {
+
+constexpr int kMR = 6, kNV = 4;
+constexpr int64_t kRowsPerTask = 96;
+// K block: 64 groups of 4 (256 bytes of K): a panel's weights for one K block are kNV * 4 KB and stay in L1
+// while every row tile of the task uses them.
+constexpr int64_t kK4Block = 64;
+
+// fp32 -> bf16 round-to-nearest-even, NaN kept quiet; exact for denormals (vcvtneps2bf16 would flush them).
+inline __m256i to_bf16(__m512 f) {
+  const __m512i u = _mm512_castps_si512(f);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
+  const __mmask16 nan = _mm512_cmp_ps_mask(f, f, _CMP_UNORD_Q);
+  r = _mm512_mask_or_epi32(r, nan, _mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
+  return _mm512_cvtepi32_epi16(r);
+}
+
+// One register tile over k4 in [k_begin, k_end). First K block starts from zero, later ones resume from the
+// int32 scratch `c` (ldc = kNV * 16); the last K block runs the epilogue, the others park the sums in `c`.
+template <int MR, int NV>
+void tile(const GemmS8Params& p, int64_t m0, int64_t nb0, int64_t k_begin, int64_t k_end, int32_t* c) {
+  constexpr int64_t ldc = kNV * 16;
+  __m512i acc[MR][NV];
+  #pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i)
+    #pragma GCC unroll 16
+    for (int j = 0; j < NV; ++j)
+      acc[i][j] = k_begin == 0 ? _mm512_setzero_si512() : _mm512_loadu_si512(c + i * ldc + j * 16);
+  const int64_t bstride = p.K4 * 64;
+  const int8_t* b = p.w_packed + nb0 * bstride;
+  const int8_t* a = p.a + m0 * p.lda;
+  for (int64_t k4 = k_begin; k4 < k_end; ++k4) {
+    __m512i bv[NV];
+    #pragma GCC unroll 16
+    for (int j = 0; j < NV; ++j) bv[j] = _mm512_loadu_si512(b + j * bstride + k4 * 64);
+    #pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      int32_t a4;
+      std::memcpy(&a4, a + i * p.lda + k4 * 4, 4);
+      const __m512i av = _mm512_set1_epi32(a4);  // a holds q + 128 (see gemm_s8_avx512)
+      #pragma GCC unroll 16
+      for (int j = 0; j < NV; ++j) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], av, bv[j]);
+    }
+  }
+  if (k_end < p.K4) {
+    #pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i)
+      #pragma GCC unroll 16
+      for (int j = 0; j < NV; ++j) _mm512_storeu_si512(c + i * ldc + j * 16, acc[i][j]);
+    return;
+  }
+  #pragma GCC unroll 16
+  for (int j = 0; j < NV; ++j) {
+    const int64_t n0 = (nb0 + j) * 16;
+    const int64_t valid = p.N - n0 < 16 ? p.N - n0 : 16;
+    const __mmask16 mask = static_cast<__mmask16>((1u << valid) - 1u);
+    const __m512i comp = _mm512_slli_epi32(_mm512_loadu_si512(p.colsum + n0), 7);
+    __m512 ws = _mm512_setzero_ps();
+    if (p.out_kind != OutKind::i32) ws = _mm512_maskz_loadu_ps(mask, p.w_scale + n0);
+    #pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      const __m512i v = _mm512_sub_epi32(acc[i][j], comp);
+      const int64_t o = (m0 + i) * p.ldo + n0;
+      if (p.out_kind == OutKind::i32) {
+        _mm512_mask_storeu_epi32(static_cast<int32_t*>(p.out) + o, mask, v);
+        continue;
+      }
+      const __m512 f = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(v), _mm512_set1_ps(p.a_scale[m0 + i])), ws);
+      if (p.out_kind == OutKind::f32)
+        _mm512_mask_storeu_ps(static_cast<float*>(p.out) + o, mask, f);
+      else
+        _mm256_mask_storeu_epi16(static_cast<uint16_t*>(p.out) + o, mask, to_bf16(f));
+    }
+  }
+}
+
+using TileFn = void (*)(const GemmS8Params&, int64_t, int64_t, int64_t, int64_t, int32_t*);
+
+template <int MR>
+constexpr TileFn pick_nv(int nv) {
+  return nv == 1 ? tile<MR, 1> : nv == 2 ? tile<MR, 2> : nv == 3 ? tile<MR, 3> : tile<MR, 4>;
+}
+
+TileFn pick(int mr, int nv) {
+  switch (mr) {
+    case 1: return pick_nv<1>(nv);
+    case 2: return pick_nv<2>(nv);
+    case 3: return pick_nv<3>(nv);
+    case 4: return pick_nv<4>(nv);
+    case 5: return pick_nv<5>(nv);
+    default: return pick_nv<6>(nv);
+  }
+}
+
+}  // namespace
+
+void quantize_rows_s8_avx512(const void* x, bool x_is_bf16, int64_t ldx, int64_t M, int64_t K, int8_t* q,
+                             float* scale, bool shifted, int n_threads) {
+  const int64_t Kp = round_up(K, 4);
+  const __m512 lim = _mm512_set1_ps(127.f), nlim = _mm512_set1_ps(-127.f);
+  const __m128i flip = _mm_set1_epi8(static_cast<char>(shifted ? 0x80 : 0));
+#pragma omp parallel for num_threads(n_threads) schedule(static)
+  for (int64_t m = 0; m < M; ++m) {
+    auto load = [&](int64_t k, __mmask16 mask) {
+      if (x_is_bf16) {
+        const __m256i h = _mm256_maskz_loadu_epi16(mask, static_cast<const uint16_t*>(x) + m * ldx + k);
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+      }
+      return _mm512_maskz_loadu_ps(mask, static_cast<const float*>(x) + m * ldx + k);
+    };
+    __m512 amax = _mm512_setzero_ps();
+    for (int64_t k = 0; k < K; k += 16) {
+      const __mmask16 mask = K - k >= 16 ? 0xffff : static_cast<__mmask16>((1u << (K - k)) - 1u);
+      amax = _mm512_max_ps(amax, _mm512_abs_ps(load(k, mask)));
+    }
+    const float a = _mm512_reduce_max_ps(amax);
+    const float s = a > 0.f ? a / 127.f : 1.f;
+    scale[m] = s;
+    const __m512 sv = _mm512_set1_ps(s);
+    int8_t* out = q + m * Kp;
+    for (int64_t k = 0; k < K; k += 16) {
+      const __mmask16 mask = K - k >= 16 ? 0xffff : static_cast<__mmask16>((1u << (K - k)) - 1u);
+      __m512 v = _mm512_roundscale_ps(_mm512_div_ps(load(k, mask), sv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      v = _mm512_min_ps(_mm512_max_ps(v, nlim), lim);
+      const __m128i b = _mm_xor_si128(_mm512_cvtepi32_epi8(_mm512_cvtps_epi32(v)), flip);
+      _mm_mask_storeu_epi8(out + k, mask, b);
+    }
+    for (int64_t k = K; k < Kp; ++k) out[k] = static_cast<int8_t>(shifted ? 0x80 : 0);
+  }
+}
+
+void gemm_s8_avx512(const GemmS8Params& in) {
+  const int64_t Kp = in.K4 * 4;
+  std::vector<int8_t> shifted;
+  if (!in.a_shifted) {  // the signed layout of the public gemm_s8: one pass to q + 128
+    shifted.resize(static_cast<size_t>(in.M * Kp));
+#pragma omp parallel for num_threads(in.n_threads) schedule(static)
+    for (int64_t m = 0; m < in.M; ++m) {
+      const uint8_t* src = reinterpret_cast<const uint8_t*>(in.a + m * in.lda);
+      uint8_t* dst = reinterpret_cast<uint8_t*>(shifted.data() + m * Kp);
+      for (int64_t k = 0; k < Kp; ++k) dst[k] = static_cast<uint8_t>(src[k] ^ 0x80u);
+    }
+  }
+  GemmS8Params p = in;
+  if (!in.a_shifted) {
+    p.a = shifted.data();
+    p.lda = Kp;
+  }
+  const int64_t NB = round_up(p.N, 16) / 16;
+  const int64_t panels = (NB + kNV - 1) / kNV;
+  const int64_t row_tasks = (p.M + kRowsPerTask - 1) / kRowsPerTask;
+#pragma omp parallel for collapse(2) num_threads(p.n_threads) schedule(static)
+  for (int64_t mt = 0; mt < row_tasks; ++mt) {
+    for (int64_t panel = 0; panel < panels; ++panel) {
+      alignas(64) int32_t scratch[kRowsPerTask * kNV * 16];
+      const int64_t nb0 = panel * kNV;
+      const int nv = static_cast<int>(NB - nb0 < kNV ? NB - nb0 : kNV);
+      const int64_t m_begin = mt * kRowsPerTask;
+      const int64_t m_end = m_begin + kRowsPerTask < p.M ? m_begin + kRowsPerTask : p.M;
+      for (int64_t k0 = 0; k0 < p.K4 || k0 == 0; k0 += kK4Block) {
+        const int64_t k1 = k0 + kK4Block < p.K4 ? k0 + kK4Block : p.K4;
+        for (int64_t m0 = m_begin; m0 < m_end; m0 += kMR) {
+          const int mr = static_cast<int>(m_end - m0 < kMR ? m_end - m0 : kMR);
+          pick(mr, nv)(p, m0, nb0, k0, k1, scratch + (m0 - m_begin) * kNV * 16);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace illada::cpu

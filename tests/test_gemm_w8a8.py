@@ -1,0 +1,179 @@
+"""W8A8 INT8 GEMM: every compiled ISA variant against the integer reference (bit-exact accumulators), the fused
+quantize -> GEMM -> dequantize path against reference.linear_w8a8 (exact: same fp32 operations), the packing, and
+the argument checks at the compiled boundary."""
+import pytest
+import torch
+
+from illada_rt import ops
+from illada_rt.ops import reference
+
+_C = pytest.importorskip("illada_rt._C")
+ISAS = ops.cpu_isas()
+SHAPES = [(1, 1, 1), (1, 16, 4), (33, 100, 37), (100, 17, 64), (7, 48, 4096), (6, 64, 256), (97, 130, 300),
+          (200, 33, 129), (0, 16, 8), (5, 0, 8), (4, 16, 0)]
+
+
+def _rand_i8(*shape, seed=0):
+    return torch.randint(-128, 128, shape, dtype=torch.int8, generator=torch.Generator().manual_seed(seed))
+
+
+def test_every_isa_level_up_to_the_best_is_listed():
+    assert ISAS[0] == "generic" and ISAS == sorted(ISAS, key=["generic", "avx2", "avx512", "amx"].index)
+    assert ops.cpu_isa() in ISAS
+    feats = _C.cpu_features()
+    assert ("avx512" in ISAS) == (feats["avx512_vnni"] and feats["avx512bw"] and feats["avx512_bf16"])
+
+
+@pytest.mark.parametrize("M,N,K", SHAPES)
+def test_pack_roundtrip(M, N, K):
+    w = _rand_i8(N, K, seed=N + K)
+    pw = ops.pack_int8_weight(w, torch.ones(N))
+    assert torch.equal(pw.weight(), w)
+    assert torch.equal(pw.colsum[:N], w.int().sum(1) if K else torch.zeros(N, dtype=torch.int32))
+    assert not pw.colsum[N:].any()
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("M,N,K", SHAPES)
+def test_int32_accumulators_are_exact(isa, M, N, K):
+    w = _rand_i8(N, K, seed=1)
+    a = _rand_i8(M, K, seed=2).clamp_(-127, 127)  # activations never hold -128
+    pw = ops.pack_int8_weight(w, torch.ones(N))
+    a_pad = torch.zeros(M, (K + 3) // 4 * 4, dtype=torch.int8)
+    a_pad[:, :K] = a
+    out = torch.full((M, N), 7, dtype=torch.int32)
+    _C.gemm_s8(a_pad, pw.packed, pw.colsum, N, out, n_threads=2, isa=isa)
+    assert torch.equal(out, reference.int_matmul_nt(a, w))
+
+
+def test_extreme_values_do_not_overflow_or_saturate():
+    """|q| = 127 against w = -128 everywhere, K = 8192: sums of 2^23 magnitude stay exact in every variant
+    (vpmaddwd pairs and vpdpbusd's unsigned shift included)."""
+    K, N, M = 8192, 32, 7
+    w = torch.full((N, K), -128, dtype=torch.int8)
+    w[1::2] = 127
+    a = torch.full((M, K), 127, dtype=torch.int8)
+    a[::3] = -127
+    pw = ops.pack_int8_weight(w, torch.ones(N))
+    for isa in ISAS:
+        out = torch.empty(M, N, dtype=torch.int32)
+        _C.gemm_s8(a, pw.packed, pw.colsum, N, out, n_threads=2, isa=isa)
+        assert torch.equal(out, reference.int_matmul_nt(a, w)), isa
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_quantize_rows_matches_reference(dtype, isa):
+    x = torch.randn(37, 131, generator=torch.Generator().manual_seed(3)).to(dtype) * 3
+    x[4] = 0                       # all-zero row: scale 1
+    x[5, 7] = 1e-30                # tiny values
+    x[6] = 0                        # scale exactly 1: exact halves, rounded half to even
+    x[6, :8] = torch.tensor([127, 0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 3.5])
+    q = torch.empty(37, 132, dtype=torch.int8)
+    s = torch.empty(37)
+    _C.quantize_rows_s8(x, q, s, 2, isa)
+    rq, rs = reference.quantize_per_token_s8(x)
+    assert torch.equal(s, rs)
+    assert torch.equal(q[:, :131], rq) and not q[:, 131:].any()
+    assert q.abs().max() == 127
+    assert q[6, :8].tolist() == [127, 0, 2, 2, 0, -2, -2, 4]
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("x_dtype,out_dtype", [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16),
+                                               (torch.bfloat16, torch.float32), (torch.float32, torch.bfloat16)])
+@pytest.mark.parametrize("M,N,K", [(1, 16, 64), (33, 100, 37), (3, 65, 200), (64, 48, 1024), (0, 16, 8)])
+def test_linear_w8a8_matches_reference_exactly(isa, x_dtype, out_dtype, M, N, K):
+    g = torch.Generator().manual_seed(M * 7 + N)
+    x = torch.randn(M, K, generator=g).to(x_dtype)
+    w = _rand_i8(N, K, seed=4)
+    scale = torch.rand(N, generator=g) * 0.01 + 1e-3
+    pw = ops.pack_int8_weight(w, scale)
+    got = ops.linear_w8a8(x, pw, out_dtype, isa=isa)
+    want = reference.linear_w8a8(x, w, scale, out_dtype)
+    assert got.dtype == out_dtype and got.shape == (M, N)
+    assert torch.equal(got, want)
+
+
+def test_linear_w8a8_batched_shapes_and_reference_mode(monkeypatch):
+    x = torch.randn(2, 5, 40)
+    w = _rand_i8(24, 40)
+    pw = ops.pack_int8_weight(w, torch.full((24,), 0.02))
+    got = ops.linear_w8a8(x, pw)
+    assert got.shape == (2, 5, 24)
+    monkeypatch.setenv("ILLADA_RT_KERNELS", "reference")
+    assert torch.equal(ops.linear_w8a8(x, pw), got)
+
+
+def test_w8a8_error_is_that_of_int8_quantization():
+    """Against the fp32 product, the W8A8 result is within the error int8 rounding of both operands allows."""
+    g = torch.Generator().manual_seed(5)
+    x, wf = torch.randn(16, 512, generator=g), torch.randn(64, 512, generator=g)
+    ws = wf.abs().amax(1) / 127
+    w = torch.round(wf / ws[:, None]).clamp(-127, 127).to(torch.int8)
+    got = ops.linear_w8a8(x, ops.pack_int8_weight(w, ws))
+    exact = x @ wf.T
+    rel = (got - exact).norm() / exact.norm()
+    assert 1e-4 < rel < 0.02
+
+
+def test_env_isa_cap(monkeypatch):
+    monkeypatch.setenv("ILLADA_RT_CPU_ISA", "generic")
+    assert _C.cpu_isa() == "generic"
+    monkeypatch.setenv("ILLADA_RT_CPU_ISA", "amx")
+    assert _C.cpu_isa() == ISAS[-1]  # asking for more than the CPU has gives the best it has
+    monkeypatch.setenv("ILLADA_RT_CPU_ISA", "sse9")
+    with pytest.raises(ValueError, match="ILLADA_RT_CPU_ISA"):
+        _C.cpu_isa()
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(a=torch.zeros(4, 8, dtype=torch.int32)), "a: expected dtype int8"),
+    (dict(a=torch.zeros(4, 6, dtype=torch.int8)), "multiple of 4"),
+    (dict(out=torch.zeros(4, 15, dtype=torch.int32)), "out: dimension 1"),
+    (dict(out=torch.zeros(4, 16, dtype=torch.float64)), "out: expected dtype"),
+    (dict(colsum=torch.zeros(15, dtype=torch.int32)), "colsum"),
+    (dict(packed=torch.zeros(16 * 4, dtype=torch.int8)), "packed"),
+    (dict(out=torch.zeros(4, 16), a_scale=None), "a_scale"),
+    (dict(out=torch.zeros(4, 16), a_scale=torch.ones(3), w_scale=torch.ones(16)), "a_scale: dimension 0"),
+    (dict(isa="sse9"), "isa"),
+    (dict(n_threads=0), "n_threads"),
+])
+def test_gemm_argument_checks(bad, match):
+    args = dict(a=torch.zeros(4, 8, dtype=torch.int8), packed=torch.zeros(16 * 8, dtype=torch.int8),
+                colsum=torch.zeros(16, dtype=torch.int32), N=16, out=torch.zeros(4, 16, dtype=torch.int32),
+                a_scale=torch.ones(4), w_scale=torch.ones(16), n_threads=1, isa=None)
+    args.update(bad)
+    with pytest.raises((ValueError, TypeError), match=match):
+        _C.gemm_s8(**args)
+
+
+def test_unsupported_isa_is_refused():
+    if "amx" in ISAS:
+        pytest.skip("this CPU has every variant")
+    with pytest.raises(ValueError, match="does not support 'amx'"):
+        _C.gemm_s8(torch.zeros(1, 4, dtype=torch.int8), torch.zeros(64, dtype=torch.int8),
+                   torch.zeros(16, dtype=torch.int32), 16, torch.zeros(1, 16, dtype=torch.int32), isa="amx")
+
+
+def test_pack_argument_checks():
+    with pytest.raises(ValueError, match="2-D int8"):
+        ops.pack_int8_weight(torch.zeros(4, 4), torch.ones(4))
+    with pytest.raises(ValueError, match="scale"):
+        ops.pack_int8_weight(torch.zeros(4, 4, dtype=torch.int8), torch.ones(3))
+    with pytest.raises(ValueError, match="does not match"):
+        ops.linear_w8a8(torch.zeros(2, 5), ops.pack_int8_weight(torch.zeros(4, 4, dtype=torch.int8), torch.ones(4)))
+
+
+def test_measured_peaks_are_consistent():
+    """The bench's "% of peak" denominators: positive where the ISA has the instruction, int8 dot >= bf16 dot >=
+    fp32 FMA in ops/s (each packs more work per instruction), and a clock in a sane range."""
+    if ISAS[-1] == "generic":
+        pytest.skip("no SIMD peak loops on this CPU")
+    peaks = {k: _C.measure_peak_ops(k, 1) for k in ("int8_dot", "bf16_dot", "fp32_fma")}
+    assert peaks["fp32_fma"] > 0 and peaks["int8_dot"] > peaks["fp32_fma"]
+    if "avx512" in ISAS:
+        assert peaks["int8_dot"] > peaks["bf16_dot"] > peaks["fp32_fma"]
+    assert 0.5 < _C.measure_clock_ghz() < 7.0
+    with pytest.raises(ValueError, match="kind"):
+        _C.measure_peak_ops("fp64", 1)
