@@ -40,6 +40,10 @@ def capabilities() -> dict:
                              "cuda": "reference"},
         "attention": {"cpu": "torch", "cuda": "torch"},
         "gemm": {"cpu": "torch", "cuda": "torch"},
+        # greedy sampling (argmax + confidence): the kernel below AVX-512 is slower than PyTorch, which runs there
+        "sample_greedy": {"cpu": f"_C ({status['cpu']['isa'].replace('amx', 'avx512')})"
+                          if status["_C"] and status["kernel_mode"] == "auto"
+                          and status["cpu"]["isa"] in ("avx512", "amx") else "reference", "cuda": "reference"},
         # no AMX variant yet: an AMX CPU runs the AVX-512 VNNI kernel
         "gemm_w8a8": {"cpu": f"_C ({status['cpu']['isa'].replace('amx', 'avx512')})"
                       if status["_C"] and status["kernel_mode"] == "auto" else "reference", "cuda": "reference"},

@@ -104,6 +104,14 @@ struct TensorView {
       expected *= shape[d];
     }
   }
+  // A contiguous CPU vector of n elements of one of `allowed` (per-row outputs and scales).
+  void expect_vector(std::initializer_list<DType> allowed, int64_t n, const char* what) const {
+    expect_cpu();
+    expect_dtype(allowed);
+    expect_rank(1);
+    expect_dim(0, n, what);
+    expect_contiguous();
+  }
   int64_t row_stride() const { return ndim() >= 2 ? strides[ndim() - 2] : 0; }
 };
 

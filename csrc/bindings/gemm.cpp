@@ -5,25 +5,13 @@
 #include "../common/cpu_features.h"
 #include "../cpu/gemm_w8a8.h"
 #include "../cpu/peak.h"
+#include "args.h"
 #include "dlpack_view.h"
 #include "registry.h"
 
 namespace illada::bind {
 
 namespace {
-
-cpu::Isa isa_arg(const py::object& isa) {
-  if (isa.is_none()) return cpu::active_isa();
-  cpu::Isa out;
-  const std::string name = py::cast<std::string>(isa);
-  ILLADA_CHECK(cpu::parse_isa(name, &out), "isa: expected one of generic, avx2, avx512, amx; got '" << name << "'");
-  return cpu::checked_isa(out);
-}
-
-int threads_arg(int n_threads) {
-  ILLADA_CHECK(n_threads >= 1, "n_threads: must be >= 1, got " << n_threads);
-  return n_threads;
-}
 
 // The packed weight of N output channels and padded K (pack_w8's layout) and its column sums.
 void check_packed(const TensorView& packed, const TensorView& colsum, int64_t N, int64_t Kp) {

@@ -1,7 +1,10 @@
 // Bindings for the masked-token sampling ops (CPU).
 #include <pybind11/pybind11.h>
 
+#include "../common/cpu_features.h"
+#include "../cpu/sample_tokens.h"
 #include "../cpu/select_confident.h"
+#include "args.h"
 #include "dlpack_view.h"
 #include "registry.h"
 
@@ -61,9 +64,54 @@ void select_confident(py::handle confidence, py::handle x0, py::handle k, py::ha
   cpu::select_confident_generic(p);
 }
 
+void sample_greedy(py::handle logits_, py::handle token_, py::handle conf_, py::handle margin_, py::handle entropy_,
+                   int n_threads, const py::object& isa_name) {
+  auto logits = view(logits_, "logits"), token = view(token_, "token"), conf = view(conf_, "confidence");
+  for (auto* v : {&logits, &token, &conf}) v->expect_cpu();
+  logits.expect_dtype({DType::f32, DType::bf16});
+  logits.expect_rank(2);
+  logits.expect_inner_contiguous();
+  const int64_t rows = logits.shape[0], vocab = logits.shape[1];
+  ILLADA_CHECK(vocab >= 1 || rows == 0, "logits: the vocabulary dimension is empty");
+  ILLADA_CHECK(vocab < (int64_t(1) << 31), "logits: vocabulary of " << vocab << " is too large");
+  token.expect_vector({DType::i64}, rows, "logits.shape[0]");
+  conf.expect_vector({DType::f32}, rows, "logits.shape[0]");
+  cpu::SampleGreedyParams p{};
+  TensorView margin, entropy;
+  if (!margin_.is_none()) {
+    margin = view(margin_, "margin");
+    margin.expect_vector({DType::f32}, rows, "logits.shape[0]");
+    p.margin = margin.ptr<float>();
+  }
+  if (!entropy_.is_none()) {
+    entropy = view(entropy_, "entropy");
+    entropy.expect_vector({DType::f32}, rows, "logits.shape[0]");
+    p.entropy = entropy.ptr<float>();
+  }
+  const int nt = threads_arg(n_threads);
+  const cpu::Isa isa = isa_arg(isa_name);
+  p.logits = logits.data;
+  p.logits_is_bf16 = logits.dtype == DType::bf16;
+  p.ld = logits.row_stride();
+  p.rows = rows;
+  p.vocab = vocab;
+  p.token = token.ptr<int64_t>();
+  p.confidence = conf.ptr<float>();
+  p.n_threads = nt;
+  py::gil_scoped_release nogil;
+  cpu::sample_greedy(p, isa);
+}
+
 }  // namespace
 
 void register_sampling(py::module_& m) {
+  m.def("sample_greedy", &sample_greedy, py::arg("logits"), py::arg("token"), py::arg("confidence"),
+        py::arg("margin") = py::none(), py::arg("entropy") = py::none(), py::arg("n_threads") = 1,
+        py::arg("isa") = py::none(),
+        R"doc(Greedy masked-token sampling over rows of logits [R, V] (float32/bfloat16, row-strided allowed).
+
+Writes token[R] int64 = argmax (first among equal maxima), confidence[R] float32 = its softmax probability,
+and optionally margin[R] = p(top1) - p(top2) and entropy[R] (nats), all float32.)doc");
   m.def("select_confident", &select_confident, py::arg("confidence"), py::arg("x0"), py::arg("k"), py::arg("tokens"),
         py::arg("mask_id"), py::arg("transferred") = py::none(),
         R"doc(Per row, write x0 into the k most confident positions of `tokens` that hold `mask_id`.

@@ -90,3 +90,15 @@ def linear_w8a8(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tenso
     acc = int_matmul_nt(q, weight)
     out = acc.float() * xs[:, None] * weight_scale.float()[None, :]
     return out.to(out_dtype or x.dtype).reshape(*x.shape[:-1], weight.shape[0])
+
+
+def sample_greedy(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """logits [..., V] -> (token = argmax, confidence = its softmax probability, margin = p1 - p2, entropy in
+    nats), computed in float32 (float64 for float64 logits)."""
+    p = F.softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
+    token = torch.argmax(logits, dim=-1)
+    conf = torch.gather(p, -1, token[..., None]).squeeze(-1)
+    top = torch.topk(p, min(2, p.shape[-1]), dim=-1).values
+    margin = top[..., 0] - (top[..., 1] if top.shape[-1] > 1 else 0)
+    entropy = torch.special.entr(p).sum(-1)
+    return token, conf, margin, entropy

@@ -1,0 +1,45 @@
+"""Masked-token sampling over LLaDA's (126,464) and iLLaDA's (155,136) vocabularies: the fused kernel (argmax +
+softmax confidence in one pass over each row, then top-k selection) beside PyTorch's softmax + max + topk in fp32
+(the runtime's reference path) and in float64 (as Fast-dLLM computes it), same inputs, same run.
+
+    pytest bench/test_bench_sampling.py --benchmark-json=sampling.json && python bench/report.py sampling.json
+    ILLADA_BENCH_FULL=1 ...   # 32/128/512 positions x both vocabularies
+"""
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from illada_rt import ops
+from peaks import measured_peaks
+
+FULL = os.environ.get("ILLADA_BENCH_FULL") == "1"
+ROWS = (32, 128, 512) if FULL else (32,)
+VOCABS = (126464, 155136) if FULL else (126464,)
+K = 4  # positions transferred per step
+
+
+def _torch(logits, dtype):
+    p = F.softmax(logits.to(dtype), dim=-1)
+    conf, tok = p.max(dim=-1)
+    return tok, torch.topk(conf, K).indices
+
+
+def _kernel(logits):
+    tok, conf = ops.sample_greedy(logits)
+    return tok, torch.topk(conf, K).indices
+
+
+@pytest.mark.parametrize("impl", ["kernel", "torch_fp32", "torch_fp64"])
+@pytest.mark.parametrize("V", VOCABS)
+@pytest.mark.parametrize("R", ROWS)
+def test_sampling(benchmark, impl, R, V):
+    logits = torch.randn(R, V, generator=torch.Generator().manual_seed(R)) * 4
+    fn = {"kernel": lambda: _kernel(logits), "torch_fp32": lambda: _torch(logits, torch.float32),
+          "torch_fp64": lambda: _torch(logits, torch.float64)}[impl]
+    if impl == "kernel":
+        assert torch.equal(fn()[0], _torch(logits, torch.float32)[0])
+    benchmark.extra_info.update(op="sampling", group=f"{R} positions x vocab {V}", impl=impl, bytes=R * V * 4,
+                                baseline="torch_fp32", peaks=measured_peaks())
+    benchmark.pedantic(fn, rounds=7 if R <= 128 else 3, iterations=1, warmup_rounds=1)

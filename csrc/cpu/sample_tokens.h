@@ -1,0 +1,28 @@
+// Masked-token sampling on the CPU, greedy: for each active position (a row of logits over the vocabulary)
+// one pass finds the argmax (first index among equal maxima, as torch.argmax) and, optionally, the runner-up
+// logit; a second pass over the same row (still in cache) sums exp(l - max). Outputs per row: the token, its
+// softmax probability (the confidence LLaDA's low_confidence remasking ranks by: 1 / sum), and optionally the
+// top-2 probability margin and the entropy (nats).
+#pragma once
+#include <cstdint>
+
+#include "../common/cpu_features.h"
+
+namespace illada::cpu {
+
+struct SampleGreedyParams {
+  const void* logits;   // [rows, vocab] float32 or bfloat16 (uint16 bits), row stride ld elements
+  bool logits_is_bf16;
+  int64_t ld, rows, vocab;
+  int64_t* token;       // [rows] out: argmax
+  float* confidence;    // [rows] out: softmax probability of the argmax
+  float* margin;        // [rows] out or null: p(top1) - p(top2)
+  float* entropy;       // [rows] out or null: -sum p log p
+  int n_threads;
+};
+
+void sample_greedy_generic(const SampleGreedyParams& p);
+void sample_greedy_avx512(const SampleGreedyParams& p);
+void sample_greedy(const SampleGreedyParams& p, Isa isa);  // dispatch (avx2 runs the generic code)
+
+}  // namespace illada::cpu

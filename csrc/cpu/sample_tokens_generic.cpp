@@ -1,0 +1,51 @@
+// Portable greedy sampling (see sample_tokens.h); also the dispatcher.
+#include <cmath>
+#include <limits>
+
+#include "sample_tokens.h"
+#include "gemm_w8a8.h"  // bf16_to_f32
+
+namespace illada::cpu {
+
+void sample_greedy_generic(const SampleGreedyParams& p) {
+#pragma omp parallel for num_threads(p.n_threads) schedule(static)
+  for (int64_t r = 0; r < p.rows; ++r) {
+    const float* lf = static_cast<const float*>(p.logits) + r * p.ld;
+    const uint16_t* lh = static_cast<const uint16_t*>(p.logits) + r * p.ld;
+    auto at = [&](int64_t v) { return p.logits_is_bf16 ? bf16_to_f32(lh[v]) : lf[v]; };
+    float m = -std::numeric_limits<float>::infinity(), m2 = m;
+    int64_t arg = 0;
+    for (int64_t v = 0; v < p.vocab; ++v) {
+      const float x = at(v);
+      if (x > m) {
+        m2 = m;
+        m = x;
+        arg = v;
+      } else if (x > m2) {
+        m2 = x;
+      }
+    }
+    double s = 0.0, t = 0.0;
+    for (int64_t v = 0; v < p.vocab; ++v) {
+      const float d = at(v) - m;
+      const double e = std::exp(static_cast<double>(d));
+      s += e;
+      if (e > 0) t += d * e;  // 0 * -inf is 0 here: a -inf logit adds nothing
+    }
+    p.token[r] = arg;
+    p.confidence[r] = static_cast<float>(1.0 / s);
+    if (p.margin) p.margin[r] = static_cast<float>((1.0 - std::exp(static_cast<double>(m2) - m)) / s);
+    if (p.entropy) p.entropy[r] = static_cast<float>(std::log(s) - t / s);
+  }
+}
+
+void sample_greedy(const SampleGreedyParams& p, Isa isa) {
+  if (p.rows == 0) return;
+#if defined(ILLADA_HAVE_AVX512)
+  if (isa >= Isa::avx512) return sample_greedy_avx512(p);
+#endif
+  (void)isa;
+  sample_greedy_generic(p);
+}
+
+}  // namespace illada::cpu

@@ -1,0 +1,96 @@
+"""Fused greedy sampling (argmax + softmax confidence, optional margin and entropy): every compiled ISA variant
+against the PyTorch reference computed in float64, over odd vocabularies, bf16, strided rows, ties and -inf."""
+import pytest
+import torch
+
+from illada_rt import ops
+from illada_rt.ops import reference
+
+_C = pytest.importorskip("illada_rt._C")
+ISAS = ops.cpu_isas()
+
+
+def _run(logits, isa, extras=True):
+    R = logits.shape[0]
+    tok, conf = torch.empty(R, dtype=torch.int64), torch.empty(R)
+    margin, ent = (torch.empty(R), torch.empty(R)) if extras else (None, None)
+    _C.sample_greedy(logits, tok, conf, margin, ent, 2, isa)
+    return tok, conf, margin, ent
+
+
+def _check(logits, isa, extras=True):
+    tok, conf, margin, ent = _run(logits, isa, extras)
+    want_tok, want_conf, want_margin, want_ent = reference.sample_greedy(logits.double())
+    assert torch.equal(tok, want_tok)
+    torch.testing.assert_close(conf.double(), want_conf, rtol=2e-6, atol=1e-12)
+    if extras:
+        torch.testing.assert_close(margin.double(), want_margin, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(ent.double(), want_ent, rtol=1e-5, atol=1e-5)
+    return tok
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("R,V", [(1, 1), (3, 15), (5, 16), (4, 17), (33, 100), (7, 1000), (2, 4099), (2, 126464)])
+@pytest.mark.parametrize("extras", [True, False])
+def test_matches_float64_reference(isa, dtype, R, V, extras):
+    g = torch.Generator().manual_seed(R * 1000 + V)
+    logits = (torch.randn(R, V, generator=g) * 4).to(dtype)
+    _check(logits, isa, extras)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_ties_go_to_the_first_index_and_margin_is_zero(isa):
+    logits = torch.randn(6, 300, generator=torch.Generator().manual_seed(1))
+    for r, cols in enumerate([(5, 6), (0, 299), (17, 18, 250), (15, 16), (31, 32), (100, 47)]):
+        logits[r, list(cols)] = 9.0
+    tok, _, margin, _ = _run(logits, isa)
+    assert tok.tolist() == [5, 0, 17, 15, 31, 47]
+    assert torch.all(margin == 0)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_strided_rows_and_infinities(isa):
+    big = torch.randn(8, 2 * 257, generator=torch.Generator().manual_seed(2))
+    rows = big[:, 3:260]                          # row stride 514, inner contiguous
+    rows[1, :] = float("-inf")
+    rows[1, 100] = 0.5                            # one finite logit: probability 1, entropy 0
+    rows[2, ::2] = float("-inf")
+    tok, conf, margin, ent = _run(rows, isa)
+    assert tok[1] == 100 and conf[1] == 1 and margin[1] == 1 and ent[1] == 0
+    _check(rows, isa)
+
+
+def test_op_layer_matches_reference_and_reference_mode(monkeypatch):
+    logits = torch.randn(2, 5, 333, generator=torch.Generator().manual_seed(3))
+    tok, conf = ops.sample_greedy(logits)
+    want_tok, want_conf, _, _ = reference.sample_greedy(logits)
+    assert tok.shape == (2, 5) and torch.equal(tok, want_tok)
+    torch.testing.assert_close(conf, want_conf, rtol=1e-5, atol=0)
+    monkeypatch.setenv("ILLADA_RT_KERNELS", "reference")
+    assert torch.equal(ops.sample_greedy(logits)[0], want_tok)
+
+
+def test_empty_rows():
+    tok, conf, _, _ = _run(torch.empty(0, 10), ISAS[-1])
+    assert tok.numel() == 0 and conf.numel() == 0
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(logits=torch.zeros(2, 8, dtype=torch.float64)), "logits: expected dtype"),
+    (dict(logits=torch.zeros(2, 0)), "vocabulary dimension is empty"),
+    (dict(logits=torch.zeros(8, 2).t()), "last dimension must be contiguous"),
+    (dict(token=torch.zeros(3, dtype=torch.int64)), "token: dimension 0"),
+    (dict(token=torch.zeros(2, dtype=torch.int32)), "token: expected dtype int64"),
+    (dict(confidence=torch.zeros(2, dtype=torch.float64)), "confidence: expected dtype float32"),
+    (dict(margin=torch.zeros(1)), "margin: dimension 0"),
+    (dict(entropy=torch.zeros(2, dtype=torch.int64)), "entropy: expected dtype"),
+    (dict(n_threads=0), "n_threads"),
+    (dict(isa="neon"), "isa"),
+])
+def test_argument_checks(bad, match):
+    args = dict(logits=torch.zeros(2, 8), token=torch.zeros(2, dtype=torch.int64), confidence=torch.zeros(2),
+                margin=None, entropy=None, n_threads=1, isa=None)
+    args.update(bad)
+    with pytest.raises((ValueError, TypeError), match=match):
+        _C.sample_greedy(**args)
