@@ -196,7 +196,8 @@ class WeightStore:
         return self._where[name].tensor(name)
 
     def storage_dtype(self) -> torch.dtype | None:
-        dts = {f.entries[n].dtype for f in self.files for n in f.entries}
+        """The float dtype the model's tensors are stored in (quantization scales do not count)."""
+        dts = {f.entries[n].dtype for f in self.files for n in f.entries if not n.endswith("_scale")}
         floats = [d for d in (torch.float32, torch.bfloat16, torch.float16) if d in dts]
         return floats[0] if len(floats) == 1 else (floats[0] if floats else None)
 

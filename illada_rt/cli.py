@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 import sys
 import time
 
@@ -72,6 +73,20 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def _quant_info(cfg, caps) -> str | None:
+    from illada_rt.quant import read_scheme
+
+    sch = read_scheme(cfg.raw)
+    if sch is None:
+        return None
+    if sch.scheme == "int8" and sch.granularity == "channel":
+        runs = f"W8A8 kernel {caps['kernels']['gemm_w8a8']['cpu']} on CPU"
+    else:
+        runs = "weights dequantized to the compute dtype at load (torch GEMMs)"
+    ignore = f", {len(sch.ignore)} weights left unquantized" if sch.ignore else ""
+    return f"{sch.scheme} weights ({sch.granularity} scales, {sch.source}), activations {sch.activations}{ignore}; {runs}"
+
+
 def cmd_info(args) -> int:
     import illada_rt
     from illada_rt.api import DEFAULT_MODEL
@@ -91,6 +106,7 @@ def cmd_info(args) -> int:
         "max_sequence_length": cfg.max_sequence_length, "tied_embeddings": cfg.tied_embeddings,
         "mask_token_id": cfg.mask_token_id if cfg.mask_token_id is not None else (tok.mask_token_id if tok else None),
         "storage_dtype": cfg.storage_dtype, "parameters": cfg.parameter_count(),
+        "quantization": _quant_info(cfg, caps),
         "weights_bytes": directory_size(path),
         "tokenizer": tok.backend if tok else None, "chat_template": bool(tok and tok.chat_template),
         "kernels": caps["kernels"], "cpu": caps["cpu"], "cuda_archs": caps["cuda_archs"],
@@ -101,6 +117,48 @@ def cmd_info(args) -> int:
     else:
         for k, v in info.items():
             print(f"{k:>20}: {v}")
+    return 0
+
+
+def cmd_quantize(args) -> int:
+    from illada_rt.quantize import logits_agreement, quantize_checkpoint
+
+    prompts = list(args.prompt or [])
+    if args.prompts_file:
+        try:
+            prompts += [ln for ln in Path(args.prompts_file).read_text(encoding="utf-8").splitlines() if ln.strip()]
+        except OSError as e:
+            raise UsageError(f"--prompts-file {args.prompts_file}: cannot read ({e.strerror})") from None
+    if prompts and not args.report:
+        raise UsageError("--prompt/--prompts-file go with --report")
+    skip = [s for s in (args.skip or "").split(",") if s.strip()]
+    s = quantize_checkpoint(args.src, args.dst, scheme=args.scheme, granularity=args.granularity, skip=skip,
+                            force=args.force, measure_error=args.report, progress=not args.quiet)
+    mb = 1024 * 1024
+    print(f"{s.dst}: {args.scheme} ({args.granularity}) - {len(s.quantized)} weights quantized, "
+          f"{len(s.ignored)} skipped; {s.bytes_before / mb:.1f} MiB -> {s.bytes_after / mb:.1f} MiB "
+          f"({s.bytes_after / max(s.bytes_before, 1):.2f}x) in {s.seconds:.1f} s; copied: "
+          f"{', '.join(s.copied_files) or 'nothing else'}")
+    if args.report:
+        print(f"{'weight':<48} {'rel. Frobenius':>14} {'max abs':>10}")
+        for name, e in s.errors.items():
+            print(f"{name:<48} {e['rel_frobenius']:>14.3e} {e['max_abs']:>10.3e}")
+        if not prompts:
+            import illada_rt
+            from illada_rt.tokenizer import load_tokenizer
+
+            if load_tokenizer(args.src) is None:  # no tokenizer: seeded random token sequences
+                import torch
+
+                vocab = illada_rt.load(args.dst).config.vocab_size
+                g = torch.Generator().manual_seed(0)
+                prompts = [torch.randint(0, vocab, (32,), generator=g).tolist() for _ in range(4)]
+            else:
+                prompts = ["In the beginning", "The quick brown fox jumps over the lazy dog.",
+                           "def main():\n    return 0", "1, 2, 3, 5, 8, 13"]
+        a = logits_agreement(args.src, args.dst, prompts)
+        print(f"logits vs the original on {a['positions']} positions: top-1 agreement "
+              f"{100 * a['top1_agreement']:.2f}%, relative error {a['rel_logit_error']:.3e}")
     return 0
 
 
@@ -140,6 +198,21 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("model", nargs="?", default=None, help="checkpoint directory (default: the embedded model)")
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=cmd_info)
+
+    q = sub.add_parser("quantize", help="write a quantized copy of a checkpoint (int8 W8A8 or fp8 weights)")
+    q.add_argument("src", help="checkpoint directory (LLaDA or Llama-style layout)")
+    q.add_argument("dst", help="output directory (written to a temporary name, renamed at the end)")
+    q.add_argument("--scheme", choices=["int8", "fp8"], default="int8")
+    q.add_argument("--granularity", choices=["channel", "block128"], default="channel",
+                   help="weight scales per output channel or per 128x128 block")
+    q.add_argument("--skip", default=None, help="comma-separated weights to keep unquantized: lm_head, names "
+                   "without .weight, or globs such as '*.blocks.0.*'")
+    q.add_argument("--force", action="store_true", help="replace DST if it exists")
+    q.add_argument("--report", action="store_true", help="print per-weight errors and the logits agreement")
+    q.add_argument("--prompt", action="append", help="prompt for --report's logits comparison (repeatable)")
+    q.add_argument("--prompts-file", help="text file, one prompt per line, for --report")
+    q.add_argument("--quiet", action="store_true", help="no progress bar")
+    q.set_defaults(func=cmd_quantize)
     return p
 
 

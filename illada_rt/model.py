@@ -15,6 +15,14 @@ import torch.nn.functional as F
 from . import ops
 from .checkpoint import WeightStore, check_layout_matches, global_names, layer_names, layer_shapes
 from .config import ModelConfig
+from .quant import QuantizedLinear, load_linear, read_scheme
+
+LINEARS = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+def linear(x: torch.Tensor, w) -> torch.Tensor:
+    """x @ w.T for a dense weight, or the quantized layer's own GEMM."""
+    return w(x) if isinstance(w, QuantizedLinear) else F.linear(x, w)
 
 
 class KVCache:
@@ -37,16 +45,16 @@ class KVCache:
 
 
 @dataclass
-class LayerWeights:
+class LayerWeights:  # linears are dense tensors or QuantizedLinear (quantized checkpoints)
     attn_norm: torch.Tensor
-    q: torch.Tensor
-    k: torch.Tensor
-    v: torch.Tensor
-    o: torch.Tensor
+    q: torch.Tensor | QuantizedLinear
+    k: torch.Tensor | QuantizedLinear
+    v: torch.Tensor | QuantizedLinear
+    o: torch.Tensor | QuantizedLinear
     ff_norm: torch.Tensor
-    gate: torch.Tensor
-    up: torch.Tensor
-    down: torch.Tensor
+    gate: torch.Tensor | QuantizedLinear
+    up: torch.Tensor | QuantizedLinear
+    down: torch.Tensor | QuantizedLinear
 
 
 class Transformer:
@@ -59,18 +67,24 @@ class Transformer:
         g = global_names(cfg)
         d, e = cfg.d_model, cfg.embedding_size
 
+        self.scheme = read_scheme(cfg.raw)
+
         def fetch(name, shape):
             # Memory-mapped on disk; .to() copies only when the device or dtype differs (layer by layer).
             return store.get(name, shape).to(device=device, dtype=dtype)
+
+        def fetch_linear(name, shape):
+            return load_linear(store, name, shape, self.scheme, device, dtype)
 
         self.embed = fetch(g["embed"], (e, d))
         shapes = layer_shapes(cfg)
         self.layers = []
         for i in range(cfg.n_layers):
             names = layer_names(cfg, i)
-            self.layers.append(LayerWeights(**{k: fetch(names[k], shapes[k]) for k in shapes}))
+            self.layers.append(LayerWeights(**{k: (fetch_linear if k in LINEARS else fetch)(names[k], shapes[k])
+                                               for k in shapes}))
         self.final_norm = fetch(g["final_norm"], (d,))
-        self.head = self.embed if cfg.tied_embeddings else fetch(g["head"], (e, d))
+        self.head = self.embed if cfg.tied_embeddings else fetch_linear(g["head"], (e, d))
 
     @torch.inference_mode()
     def forward(self, ids: torch.Tensor, key_mask: torch.Tensor | None = None,
@@ -100,9 +114,9 @@ class Transformer:
         H, Hkv, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         for i, w in enumerate(self.layers):
             n = ops.rms_norm(h, w.attn_norm, cfg.rms_norm_eps)
-            q = F.linear(n, w.q).view(B, L, H, D).transpose(1, 2)
-            k = F.linear(n, w.k).view(B, L, Hkv, D).transpose(1, 2)
-            v = F.linear(n, w.v).view(B, L, Hkv, D).transpose(1, 2)
+            q = linear(n, w.q).view(B, L, H, D).transpose(1, 2)
+            k = linear(n, w.k).view(B, L, Hkv, D).transpose(1, 2)
+            v = linear(n, w.v).view(B, L, Hkv, D).transpose(1, 2)
             q = ops.apply_rope(q, cos, sin)
             k = ops.apply_rope(k, cos, sin)
             if cache is not None:
@@ -113,9 +127,9 @@ class Transformer:
                     cache.v[i][:, :, cache_from:cache_from + L] = v
                     k, v = cache.k[i], cache.v[i]
             a = ops.attention(q, k, v, key_mask).transpose(1, 2).reshape(B, L, H * D)
-            h = h + F.linear(a, w.o)
+            h = h + linear(a, w.o)
             m = ops.rms_norm(h, w.ff_norm, cfg.rms_norm_eps)
-            h = h + F.linear(ops.swiglu(F.linear(m, w.gate), F.linear(m, w.up)), w.down)
+            h = h + linear(ops.swiglu(linear(m, w.gate), linear(m, w.up)), w.down)
         h = h[:, logits_from:logits_to]
         h = ops.rms_norm(h, self.final_norm, cfg.rms_norm_eps)
-        return F.linear(h, self.head).float()
+        return linear(h, self.head).float()

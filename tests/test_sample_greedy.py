@@ -10,9 +10,9 @@ _C = pytest.importorskip("illada_rt._C")
 ISAS = ops.cpu_isas()
 
 
-def _run(logits, isa, extras=True):
+def _run(logits, isa, extras=True, conf_dtype=torch.float32):
     R = logits.shape[0]
-    tok, conf = torch.empty(R, dtype=torch.int64), torch.empty(R)
+    tok, conf = torch.empty(R, dtype=torch.int64), torch.empty(R, dtype=conf_dtype)
     margin, ent = (torch.empty(R), torch.empty(R)) if extras else (None, None)
     _C.sample_greedy(logits, tok, conf, margin, ent, 2, isa)
     return tok, conf, margin, ent
@@ -37,6 +37,20 @@ def test_matches_float64_reference(isa, dtype, R, V, extras):
     g = torch.Generator().manual_seed(R * 1000 + V)
     logits = (torch.randn(R, V, generator=g) * 4).to(dtype)
     _check(logits, isa, extras)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_float64_confidence_matches_a_float64_softmax(isa):
+    """conf_dtype float64 (Fast-dLLM ranks and thresholds float64 softmax probabilities): double precision
+    throughout, so it agrees with torch's float64 softmax to ~1e-15, not to fp32's ~1e-7."""
+    for dtype in (torch.float32, torch.bfloat16):
+        logits = (torch.randn(9, 50001, generator=torch.Generator().manual_seed(7)) * 5).to(dtype)
+        logits[3, :100] = float("-inf")
+        tok, conf, _, ent = _run(logits, isa, conf_dtype=torch.float64)
+        want_tok, want_conf, _, want_ent = reference.sample_greedy(logits.double())
+        assert conf.dtype == torch.float64 and torch.equal(tok, want_tok)
+        torch.testing.assert_close(conf, want_conf, rtol=1e-13, atol=0)
+        torch.testing.assert_close(ent.double(), want_ent, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -67,6 +81,9 @@ def test_op_layer_matches_reference_and_reference_mode(monkeypatch):
     want_tok, want_conf, _, _ = reference.sample_greedy(logits)
     assert tok.shape == (2, 5) and torch.equal(tok, want_tok)
     torch.testing.assert_close(conf, want_conf, rtol=1e-5, atol=0)
+    tok64, conf64 = ops.sample_greedy(logits, torch.float64)
+    assert conf64.dtype == torch.float64 and torch.equal(tok64, want_tok)
+    torch.testing.assert_close(conf64, reference.sample_greedy(logits.double())[1], rtol=1e-13, atol=0)
     monkeypatch.setenv("ILLADA_RT_KERNELS", "reference")
     assert torch.equal(ops.sample_greedy(logits)[0], want_tok)
 
@@ -82,7 +99,7 @@ def test_empty_rows():
     (dict(logits=torch.zeros(8, 2).t()), "last dimension must be contiguous"),
     (dict(token=torch.zeros(3, dtype=torch.int64)), "token: dimension 0"),
     (dict(token=torch.zeros(2, dtype=torch.int32)), "token: expected dtype int64"),
-    (dict(confidence=torch.zeros(2, dtype=torch.float64)), "confidence: expected dtype float32"),
+    (dict(confidence=torch.zeros(2, dtype=torch.float16)), "confidence: expected dtype float32 or float64"),
     (dict(margin=torch.zeros(1)), "margin: dimension 0"),
     (dict(entropy=torch.zeros(2, dtype=torch.int64)), "entropy: expected dtype"),
     (dict(n_threads=0), "n_threads"),

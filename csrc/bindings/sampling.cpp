@@ -75,7 +75,7 @@ void sample_greedy(py::handle logits_, py::handle token_, py::handle conf_, py::
   ILLADA_CHECK(vocab >= 1 || rows == 0, "logits: the vocabulary dimension is empty");
   ILLADA_CHECK(vocab < (int64_t(1) << 31), "logits: vocabulary of " << vocab << " is too large");
   token.expect_vector({DType::i64}, rows, "logits.shape[0]");
-  conf.expect_vector({DType::f32}, rows, "logits.shape[0]");
+  conf.expect_vector({DType::f32, DType::f64}, rows, "logits.shape[0]");
   cpu::SampleGreedyParams p{};
   TensorView margin, entropy;
   if (!margin_.is_none()) {
@@ -96,7 +96,8 @@ void sample_greedy(py::handle logits_, py::handle token_, py::handle conf_, py::
   p.rows = rows;
   p.vocab = vocab;
   p.token = token.ptr<int64_t>();
-  p.confidence = conf.ptr<float>();
+  p.confidence = conf.data;
+  p.confidence_f64 = conf.dtype == DType::f64;
   p.n_threads = nt;
   py::gil_scoped_release nogil;
   cpu::sample_greedy(p, isa);
@@ -110,7 +111,8 @@ void register_sampling(py::module_& m) {
         py::arg("isa") = py::none(),
         R"doc(Greedy masked-token sampling over rows of logits [R, V] (float32/bfloat16, row-strided allowed).
 
-Writes token[R] int64 = argmax (first among equal maxima), confidence[R] float32 = its softmax probability,
+Writes token[R] int64 = argmax (first among equal maxima), confidence[R] = its softmax probability (float32,
+or float64 computed in double precision throughout, as a float64 softmax),
 and optionally margin[R] = p(top1) - p(top2) and entropy[R] (nats), all float32.)doc");
   m.def("select_confident", &select_confident, py::arg("confidence"), py::arg("x0"), py::arg("k"), py::arg("tokens"),
         py::arg("mask_id"), py::arg("transferred") = py::none(),

@@ -15,7 +15,9 @@ struct SampleGreedyParams {
   bool logits_is_bf16;
   int64_t ld, rows, vocab;
   int64_t* token;       // [rows] out: argmax
-  float* confidence;    // [rows] out: softmax probability of the argmax
+  void* confidence;     // [rows] out: softmax probability of the argmax, float32 or float64
+  bool confidence_f64;  // float64: the sum runs in double precision throughout (exp included), matching a
+                        // float64 softmax (Fast-dLLM's) to ~1e-15; float32: fp32 lanes flushed to double
   float* margin;        // [rows] out or null: p(top1) - p(top2)
   float* entropy;       // [rows] out or null: -sum p log p
   int n_threads;

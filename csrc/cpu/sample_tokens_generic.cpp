@@ -27,13 +27,16 @@ void sample_greedy_generic(const SampleGreedyParams& p) {
     }
     double s = 0.0, t = 0.0;
     for (int64_t v = 0; v < p.vocab; ++v) {
-      const float d = at(v) - m;
-      const double e = std::exp(static_cast<double>(d));
+      const double d = static_cast<double>(at(v)) - m;  // in double: float64 confidences need every bit
+      const double e = std::exp(d);
       s += e;
       if (e > 0) t += d * e;  // 0 * -inf is 0 here: a -inf logit adds nothing
     }
     p.token[r] = arg;
-    p.confidence[r] = static_cast<float>(1.0 / s);
+    if (p.confidence_f64)
+      static_cast<double*>(p.confidence)[r] = 1.0 / s;
+    else
+      static_cast<float*>(p.confidence)[r] = static_cast<float>(1.0 / s);
     if (p.margin) p.margin[r] = static_cast<float>((1.0 - std::exp(static_cast<double>(m2) - m)) / s);
     if (p.entropy) p.entropy[r] = static_cast<float>(std::log(s) - t / s);
   }

@@ -56,8 +56,8 @@ def propose(logits: torch.Tensor, temperature: float, remasking: str, generator:
 
     LLaDA's generate.py takes the softmax in the logits' dtype (float32 here); Fast-dLLM in float64.
     """
-    if temperature == 0 and remasking == "low_confidence" and conf_dtype == torch.float32:
-        return ops.sample_greedy(logits)  # one fused pass: argmax and its softmax probability
+    if temperature == 0 and remasking == "low_confidence":
+        return ops.sample_greedy(logits, conf_dtype)  # one fused pass: argmax and its softmax probability
     if temperature > 0:
         # Gumbel-max in float64 exactly as the reference writes it: exp(l) / (-log u)^T.
         noise = torch.rand(logits.shape, dtype=torch.float64, device=logits.device, generator=generator)

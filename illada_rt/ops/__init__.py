@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from . import reference
 
@@ -57,19 +58,21 @@ def select_confident(confidence: torch.Tensor, x0: torch.Tensor, k: torch.Tensor
         reference.select_confident(confidence, x0, k, tokens, mask_id, transferred)
 
 
-def sample_greedy(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """logits [..., V] float32/bfloat16 -> (token [...] int64 = argmax, confidence [...] float32 = its softmax
-    probability). The compiled kernel runs where the CPU has AVX-512 (its portable version is slower than
-    PyTorch's vectorized softmax, so below AVX-512 this is the reference)."""
-    if not (use_cpu_kernel(logits) and cpu_isa() in ("avx512", "amx")
+def sample_greedy(logits: torch.Tensor, conf_dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits [..., V] float32/bfloat16 -> (token [...] int64 = argmax, confidence [...] = its softmax probability
+    in conf_dtype: float32, or float64 computed in double precision as a float64 softmax is). The compiled kernel
+    runs where the CPU has AVX-512 (its portable version is slower than PyTorch's vectorized softmax, so below
+    AVX-512 this is the reference)."""
+    if not (use_cpu_kernel(logits) and cpu_isa() in ("avx512", "amx") and conf_dtype in (torch.float32, torch.float64)
             and logits.dtype in (torch.float32, torch.bfloat16) and logits.shape[-1] > 0):
-        token, conf, _, _ = reference.sample_greedy(logits)
-        return token, conf
+        p = F.softmax(logits.to(conf_dtype), dim=-1)
+        token = torch.argmax(logits, dim=-1)
+        return token, torch.gather(p, -1, token[..., None]).squeeze(-1)
     rows = logits.reshape(-1, logits.shape[-1])
     if rows.stride(-1) != 1:
         rows = rows.contiguous()
     token = torch.empty(rows.shape[0], dtype=torch.int64)
-    conf = torch.empty(rows.shape[0], dtype=torch.float32)
+    conf = torch.empty(rows.shape[0], dtype=conf_dtype)
     _C.sample_greedy(rows, token, conf, None, None, _threads())
     return token.reshape(logits.shape[:-1]), conf.reshape(logits.shape[:-1])
 

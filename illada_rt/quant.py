@@ -1,0 +1,237 @@
+"""Weight quantization: the pure functions (quantize / dequantize one weight), the on-disk scheme description
+(`quantization_config` in config.json) and the quantized linear layer the model runs.
+
+Format (see README "Quantized checkpoints"): each quantized linear `<name>` stores `<name>.weight` as int8
+(safetensors I8) or float8_e4m3fn (F8_E4M3) and `<name>.weight_scale` as float32, per output channel ([N]) or
+per 128x128 block ([ceil(N/128), ceil(K/128)]); the real weight is weight * scale. Symmetric round to nearest:
+scale = max|w| / 127 (int8) or / 448 (e4m3's largest normal), 1 where the group is all zero.
+"""
+from __future__ import annotations
+
+import fnmatch
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from . import ops
+from .errors import CheckpointError, ConfigError
+
+SCHEMES = {"int8": torch.int8, "fp8": torch.float8_e4m3fn}
+GRANULARITIES = ("channel", "block128")
+QMAX = {"int8": 127.0, "fp8": 448.0}
+BLOCK = 128
+QUANT_METHOD = "illada-rt"
+
+
+def check_scheme(scheme: str, granularity: str) -> None:
+    if scheme not in SCHEMES:
+        raise ValueError(f"scheme: expected one of {', '.join(SCHEMES)}, got {scheme!r}")
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"granularity: expected one of {', '.join(GRANULARITIES)}, got {granularity!r}")
+
+
+def _block_view(w: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+    """[N, K] -> zero-padded [Nb, 128, Kb, 128] view of a copy, with the original N, K."""
+    N, K = w.shape
+    Nb, Kb = math.ceil(N / BLOCK), math.ceil(K / BLOCK)
+    padded = F.pad(w, (0, Kb * BLOCK - K, 0, Nb * BLOCK - N))
+    return padded.view(Nb, BLOCK, Kb, BLOCK), N, K
+
+
+def _expand_scale(scale: torch.Tensor, N: int, K: int, granularity: str) -> torch.Tensor:
+    if granularity == "channel":
+        return scale.reshape(N, 1)
+    return scale.repeat_interleave(BLOCK, 0)[:N].repeat_interleave(BLOCK, 1)[:, :K]
+
+
+ROW_CHUNK = 1024  # rows quantized at a time: bounds the float temporaries to a few MB per K=4096 row block
+
+
+def quantize_weight(w: torch.Tensor, scheme: str, granularity: str = "channel") -> tuple[torch.Tensor, torch.Tensor]:
+    """w [N, K] float -> (q [N, K] int8 or float8_e4m3fn, scale float32 [N] or [ceil(N/128), ceil(K/128)]).
+
+    Works through ROW_CHUNK rows at a time (a multiple of the 128-row block), so quantizing a 0.5 G-element LM
+    head needs its 1-byte output plus a few chunk-sized float temporaries, not several fp32 copies."""
+    check_scheme(scheme, granularity)
+    if w.dim() != 2 or not w.is_floating_point():
+        raise ValueError(f"quantize_weight: expected a 2-D float weight, got {w.dtype} {tuple(w.shape)}")
+    N, K = w.shape
+    q = torch.empty((N, K), dtype=SCHEMES[scheme])
+    scales = []
+    for r0 in range(0, N, ROW_CHUNK):
+        wf = w[r0:r0 + ROW_CHUNK].float()
+        if granularity == "channel":
+            amax = wf.abs().amax(dim=1) if K else torch.zeros(wf.shape[0])
+        else:
+            blocks, _, _ = _block_view(wf)
+            amax = blocks.abs().amax(dim=(1, 3))
+        if not torch.isfinite(amax).all():
+            raise ValueError("quantize_weight: the weight holds inf or NaN")
+        scale = torch.where(amax > 0, amax / QMAX[scheme], torch.ones_like(amax)).to(torch.float32)
+        x = wf / _expand_scale(scale, *wf.shape, granularity)  # not in place: wf may be the caller's tensor
+        if scheme == "int8":
+            q[r0:r0 + ROW_CHUNK] = torch.round(x).clamp_(-127, 127).to(torch.int8)
+        else:
+            q[r0:r0 + ROW_CHUNK] = x.clamp_(-448.0, 448.0).to(torch.float8_e4m3fn)
+        scales.append(scale)
+    scale = torch.cat(scales) if scales else torch.empty((0,) if granularity == "channel" else (0, math.ceil(K / BLOCK)))
+    return q, scale
+
+
+def dequantize_weight(q: torch.Tensor, scale: torch.Tensor, granularity: str,
+                      dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The real weight q * scale, in `dtype` (computed in float32)."""
+    N, K = q.shape
+    if granularity == "tensor":
+        return (q.float() * scale.float().reshape(())).to(dtype)
+    return (q.float() * _expand_scale(scale.float(), N, K, granularity)).to(dtype)
+
+
+def weight_error(w: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, granularity: str) -> dict:
+    """Relative Frobenius error and max abs error of the quantized weight against the original."""
+    wf = w.float()
+    d = dequantize_weight(q, scale, granularity) - wf
+    norm = wf.norm()
+    return {"rel_frobenius": float(d.norm() / norm) if norm > 0 else 0.0, "max_abs": float(d.abs().max())
+            if d.numel() else 0.0}
+
+
+# --------------------------------------------------------------------------------------- scheme on disk
+@dataclass(frozen=True)
+class QuantScheme:
+    """What a quantized checkpoint holds, read from config.json's quantization_config."""
+    scheme: str            # "int8" or "fp8"
+    granularity: str       # "channel", "block128" or "tensor" (compressed-tensors per-tensor FP8)
+    ignore: tuple[str, ...]  # linear names (without .weight) left in the original dtype
+    source: str            # "illada-rt" or "compressed-tensors"
+
+    @property
+    def activations(self) -> str:
+        return "int8, dynamic per token" if self.scheme == "int8" else "unquantized (weight-only on CPU)"
+
+
+def scheme_config(scheme: str, granularity: str, ignore: list[str]) -> dict:
+    """The quantization_config written into config.json: a full description of the scheme."""
+    check_scheme(scheme, granularity)
+    return {
+        "quant_method": QUANT_METHOD,
+        "scheme": scheme,
+        "granularity": granularity,
+        "weights": {"num_bits": 8, "type": "int" if scheme == "int8" else "float",
+                    "format": "int8" if scheme == "int8" else "float8_e4m3fn", "symmetric": True,
+                    "strategy": "channel" if granularity == "channel" else "block",
+                    "block_structure": None if granularity == "channel" else [BLOCK, BLOCK],
+                    "scale": "<name>.weight_scale float32, weight = q * scale", "rounding": "nearest"},
+        "input_activations": ({"num_bits": 8, "type": "int", "symmetric": True, "strategy": "token",
+                               "dynamic": True} if scheme == "int8" else None),
+        "ignore": sorted(ignore),
+    }
+
+
+def read_scheme(raw_config: dict, source: str = "config.json") -> QuantScheme | None:
+    """QuantScheme from a config dict, None for an unquantized checkpoint; ConfigError for what we cannot run."""
+    qc = raw_config.get("quantization_config")
+    if qc is None:
+        return None
+    if not isinstance(qc, dict):
+        raise ConfigError(f"{source}: quantization_config must be an object")
+    method = qc.get("quant_method")
+    if method == QUANT_METHOD:
+        scheme, gran = qc.get("scheme"), qc.get("granularity")
+        try:
+            check_scheme(scheme, gran)
+        except ValueError as e:
+            raise ConfigError(f"{source}: quantization_config: {e}") from None
+        ignore = qc.get("ignore") or []
+        if not isinstance(ignore, list) or not all(isinstance(s, str) for s in ignore):
+            raise ConfigError(f"{source}: quantization_config.ignore must be a list of names")
+        return QuantScheme(scheme, gran, tuple(ignore), QUANT_METHOD)
+    if method == "compressed-tensors":
+        return _read_compressed_tensors(qc, source)
+    raise ConfigError(f"{source}: quantization_config.quant_method {method!r} is not supported (supported: "
+                      f"{QUANT_METHOD!r} from `illada-rt quantize`, 'compressed-tensors' FP8)")
+
+
+def _read_compressed_tensors(qc: dict, source: str) -> QuantScheme:
+    """compressed-tensors / vLLM FP8: float 8-bit weights, per-tensor or per-channel weight_scale."""
+    groups = qc.get("config_groups") or {}
+    if not isinstance(groups, dict) or len(groups) != 1:
+        raise ConfigError(f"{source}: compressed-tensors: expected exactly one config group, got {len(groups)}")
+    (group,) = groups.values()
+    w = (group or {}).get("weights") or {}
+    if w.get("type") != "float" or w.get("num_bits") != 8:
+        raise ConfigError(f"{source}: compressed-tensors: only 8-bit float (FP8 e4m3) weights are supported, got "
+                          f"type={w.get('type')!r} num_bits={w.get('num_bits')!r}")
+    strategy = w.get("strategy")
+    if strategy not in ("tensor", "channel"):
+        raise ConfigError(f"{source}: compressed-tensors: weight strategy {strategy!r} is not supported "
+                          f"(tensor or channel)")
+    ignore = [str(s) for s in qc.get("ignore") or []]
+    return QuantScheme("fp8", strategy, tuple(ignore), "compressed-tensors")
+
+
+def is_ignored(name: str, patterns) -> bool:
+    """name: a linear's tensor prefix (without .weight). Patterns: exact names, fnmatch globs, 'lm_head'."""
+    for p in patterns:
+        if p.startswith("re:"):  # compressed-tensors writes regexes as "re:..."
+            import re
+            if re.fullmatch(p[3:], name):
+                return True
+        elif name == p or fnmatch.fnmatchcase(name, p) or name.endswith("." + p):
+            return True
+    return False
+
+
+# ------------------------------------------------------------------------------------ the linear op
+class QuantizedLinear:
+    """A quantized weight as the model runs it. int8 per-channel on CPU runs the fused W8A8 kernel (activations
+    quantized per token, int32 GEMM); every other case holds the dequantized weight in the compute dtype."""
+
+    def __init__(self, q: torch.Tensor, scale: torch.Tensor, granularity: str, device: torch.device,
+                 dtype: torch.dtype, name: str):
+        self.name, self.shape, self.dtype = name, tuple(q.shape), dtype
+        self.packed = None
+        self.dense = None
+        if q.dtype == torch.int8 and granularity == "channel" and device.type == "cpu":
+            self.packed = ops.pack_int8_weight(q, scale.reshape(-1))
+            self.kernel = "w8a8"
+        else:
+            self.dense = dequantize_weight(q, scale, granularity, dtype).to(device)
+            self.kernel = "dequantized"
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed is not None:
+            return ops.linear_w8a8(x, self.packed, out_dtype=x.dtype)
+        return F.linear(x, self.dense)
+
+
+def load_linear(store, name: str, shape: tuple[int, int], scheme: QuantScheme | None, device: torch.device,
+                dtype: torch.dtype):
+    """The weight `name` (ending in .weight) as a dense tensor or a QuantizedLinear, per the scheme and what the
+    file holds."""
+    entry = store.entry(name) if name in store else None
+    if scheme is None or entry is None or entry.dtype not in (torch.int8, torch.float8_e4m3fn):
+        return store.get(name, shape).to(device=device, dtype=dtype)
+    prefix = name[: -len(".weight")]
+    scale_name = prefix + ".weight_scale"
+    if scale_name not in store:
+        raise CheckpointError(f"{store.directory}: quantized tensor {name!r} has no {scale_name!r}")
+    q = store.get(name, shape)
+    scale = store.entry(scale_name)
+    s = store.get(scale_name, scale.shape).float()
+    N, K = shape
+    if s.numel() == 1:
+        gran = "tensor"
+    elif s.numel() == N and (s.dim() == 1 or (s.dim() == 2 and s.shape[1] == 1)):
+        gran = "channel"
+    elif tuple(s.shape) == (math.ceil(N / BLOCK), math.ceil(K / BLOCK)):
+        gran = "block128"
+    else:
+        raise CheckpointError(f"{store.directory}: {scale_name!r} has shape {list(s.shape)}, which fits neither "
+                              f"per-tensor, per-channel [{N}] nor 128x128 blocks for a weight of {list(shape)}")
+    if (q.dtype == torch.int8) != (scheme.scheme == "int8"):
+        raise CheckpointError(f"{store.directory}: {name!r} is {q.dtype} but quantization_config says "
+                              f"{scheme.scheme}")
+    return QuantizedLinear(q, s, gran, device, dtype, prefix)
