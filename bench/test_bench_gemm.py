@@ -1,5 +1,5 @@
-"""GEMMs at LLaDA-8B / iLLaDA-8B layer shapes: the W8A8 kernel beside torch._int_mm, a torch-only W8A8
-pipeline, and bf16 / fp32 matmul, in the same run. Each result carries flops, its peak kind and the baseline
+"""GEMMs at LLaDA-8B / iLLaDA-8B layer shapes: the W8A8 kernel beside torch._int_mm and a torch-only W8A8
+pipeline, the FP8-weight kernel beside bf16 matmul, and fp32 matmul, in the same run. Each result carries flops, its peak kind and the baseline
 in extra_info; bench/report.py turns the JSON into the table (GOP/s, % of peak, ratio).
 
     pytest bench/test_bench_gemm.py --benchmark-json=gemm.json && python bench/report.py gemm.json
@@ -23,6 +23,7 @@ IMPLS = {  # name: (peak kind, description)
     "gemm_s8_int32": ("int8_dot", "illada-rt int8 GEMM alone, int32 out (like for like with _int_mm)"),
     "torch_int_mm": ("int8_dot", "torch._int_mm, int8 in, int32 out (oneDNN)"),
     "torch_w8a8": ("int8_dot", "torch ops: per-token quantize + _int_mm + scales, bf16 in/out"),
+    "fp8w": ("bf16_dot", "illada-rt FP8-weight GEMM (e4m3 widened to bf16 in registers), bf16 in/out"),
     "torch_bf16": ("bf16_dot", "torch bf16 matmul"),
     "torch_fp32": ("fp32_fma", "torch fp32 matmul"),
 }
@@ -43,7 +44,9 @@ def weights():
             g = torch.Generator().manual_seed(N)
             w = torch.randint(-127, 128, (N, K), dtype=torch.int8, generator=g)
             ws = torch.rand(N, generator=g) * 1e-3
-            cache[N] = (w, ws, ops.pack_int8_weight(w, ws), w.to(torch.bfloat16), w.float())
+            f8 = (w.float() / 127 * 448).to(torch.float8_e4m3fn)
+            cache[N] = (w, ws, ops.pack_int8_weight(w, ws), w.to(torch.bfloat16), w.float(),
+                        ops.pack_fp8_weight(f8, ws))
         return cache[N]
     return get
 
@@ -52,7 +55,7 @@ def weights():
 @pytest.mark.parametrize("N", NS)
 @pytest.mark.parametrize("M", MS)
 def test_gemm(benchmark, weights, impl, M, N):
-    w, ws, packed, w_bf16, w_f32 = weights(N)
+    w, ws, packed, w_bf16, w_f32, fp8 = weights(N)
     x = torch.randn(M, K, generator=torch.Generator().manual_seed(M)).to(torch.bfloat16)
     q, xs = reference.quantize_per_token_s8(x)
     if impl == "w8a8":
@@ -62,6 +65,8 @@ def test_gemm(benchmark, weights, impl, M, N):
         out = torch.empty(M, N, dtype=torch.int32)
         nt = torch.get_num_threads()
         fn = lambda: _C.gemm_s8(q, packed.packed, packed.colsum, N, out, n_threads=nt)  # noqa: E731
+    elif impl == "fp8w":
+        fn = lambda: ops.linear_fp8w(x, fp8)  # noqa: E731
     elif impl == "torch_int_mm":
         fn = lambda: torch._int_mm(q, w.t())  # noqa: E731
     elif impl == "torch_w8a8":

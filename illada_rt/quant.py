@@ -186,24 +186,33 @@ def is_ignored(name: str, patterns) -> bool:
 
 # ------------------------------------------------------------------------------------ the linear op
 class QuantizedLinear:
-    """A quantized weight as the model runs it. int8 per-channel on CPU runs the fused W8A8 kernel (activations
-    quantized per token, int32 GEMM); every other case holds the dequantized weight in the compute dtype."""
+    """A quantized weight as the model runs it. On CPU, int8 per-channel runs the fused W8A8 kernel (activations
+    quantized per token, int32 GEMM) and fp8 per-channel/per-tensor with bf16 compute runs the FP8-weight kernel
+    (one byte per weight, widened in registers) where the CPU has AVX-512 BF16; every other case holds the
+    dequantized weight in the compute dtype."""
 
     def __init__(self, q: torch.Tensor, scale: torch.Tensor, granularity: str, device: torch.device,
                  dtype: torch.dtype, name: str):
         self.name, self.shape, self.dtype = name, tuple(q.shape), dtype
         self.packed = None
         self.dense = None
+        N = q.shape[0]
         if q.dtype == torch.int8 and granularity == "channel" and device.type == "cpu":
             self.packed = ops.pack_int8_weight(q, scale.reshape(-1))
             self.kernel = "w8a8"
+        elif (q.dtype == torch.float8_e4m3fn and granularity in ("channel", "tensor") and device.type == "cpu"
+              and dtype == torch.bfloat16 and ops.fp8_kernel_available()):
+            self.packed = ops.pack_fp8_weight(q, scale.reshape(-1).expand(N) if scale.numel() == 1 else scale)
+            self.kernel = "fp8w"
         else:
             self.dense = dequantize_weight(q, scale, granularity, dtype).to(device)
             self.kernel = "dequantized"
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.packed is not None:
+        if self.kernel == "w8a8":
             return ops.linear_w8a8(x, self.packed, out_dtype=x.dtype)
+        if self.kernel == "fp8w":
+            return ops.linear_fp8w(x, self.packed, out_dtype=x.dtype)
         return F.linear(x, self.dense)
 
 
@@ -222,7 +231,13 @@ def load_linear(store, name: str, shape: tuple[int, int], scheme: QuantScheme | 
     scale = store.entry(scale_name)
     s = store.get(scale_name, scale.shape).float()
     N, K = shape
-    if s.numel() == 1:
+    if scheme.source == QUANT_METHOD:  # our own files: the declared granularity, shape-checked below
+        gran = scheme.granularity
+        want = (N,) if gran == "channel" else (math.ceil(N / BLOCK), math.ceil(K / BLOCK))
+        if tuple(s.shape) != want:
+            raise CheckpointError(f"{store.directory}: {scale_name!r} has shape {list(s.shape)}; {gran} scales "
+                                  f"for a weight of {list(shape)} are {list(want)}")
+    elif s.numel() == 1:
         gran = "tensor"
     elif s.numel() == N and (s.dim() == 1 or (s.dim() == 2 and s.shape[1] == 1)):
         gran = "channel"

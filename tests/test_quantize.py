@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 import illada_rt
-from illada_rt import quant
+from illada_rt import ops, quant
 from illada_rt.checkpoint import WeightStore
 from illada_rt.errors import CheckpointError, ConfigError
 from illada_rt.quantize import linear_weight_names, quantize_checkpoint
@@ -63,7 +63,13 @@ def test_round_trip_through_tool_and_loader(checkpoints, tmp_path, scheme, granu
         assert set(idx["weight_map"]) == set(store.names())
     m = illada_rt.load(dst, mask_token_id=100)
     kinds = {w.kernel for layer in m.transformer.layers for w in (layer.q, layer.down)}
-    assert kinds == ({"w8a8"} if (scheme, granularity) == ("int8", "channel") else {"dequantized"})
+    if (scheme, granularity) == ("int8", "channel"):
+        assert kinds == {"w8a8"}
+    elif (scheme, granularity) == ("fp8", "channel") and m.transformer.dtype == torch.bfloat16 \
+            and ops.fp8_kernel_available():
+        assert kinds == {"fp8w"}
+    else:
+        assert kinds == {"dequantized"}
     ids = _ids()
     ref = illada_rt.load(src, dtype="float32", mask_token_id=100).forward(ids)
     got = m.forward(ids)
@@ -283,39 +289,8 @@ def test_loader_rejects_inconsistent_quantized_files(checkpoints, tmp_path):
         illada_rt.load(dst)
 
 
-_RSS_SCRIPT = r"""
-import os, sys, threading, time
-import torch
-from illada_rt.checkpoint import WeightStore
-from illada_rt.quantize import quantize_checkpoint
-
-def rss():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-peak, done = [0], [False]
-def sample():
-    while not done[0]:
-        peak[0] = max(peak[0], rss())
-        time.sleep(0.002)
-
-before = rss()
-t = threading.Thread(target=sample)
-t.start()
-if sys.argv[1] == "quantize":
-    quantize_checkpoint(sys.argv[2], sys.argv[3], "int8", progress=False)
-else:  # the control: what holding the whole model would cost
-    store = WeightStore(sys.argv[2])
-    held = [store.get(n, store.entry(n).shape).clone() for n in store.names()]
-done[0] = True
-t.join()
-print(max(peak[0], rss()) - before)
-"""
-
-
-def _added_rss(*args) -> int:
-    out = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, *args], capture_output=True, text=True, check=True)
-    return int(out.stdout.split()[-1])
+sys.path.insert(0, str(ROOT / "tools"))
+from rss_probe import added_rss  # noqa: E402
 
 
 @pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs /proc to sample resident memory")
@@ -328,8 +303,8 @@ def test_peak_memory_stays_near_one_shard(tmp_path):
     src = write_checkpoint(tmp_path / "src", spec)
     shards = sorted(src.glob("*.safetensors"))
     largest, total = max(p.stat().st_size for p in shards), sum(p.stat().st_size for p in shards)
-    added = _added_rss("quantize", str(src), str(tmp_path / "dst"))
-    control = _added_rss("hold", str(src))
+    added, _, _ = added_rss("quantize", src, tmp_path / "dst", "int8")
+    control, _, _ = added_rss("hold", src)
     assert control > 0.9 * total, (control / 2**20, total / 2**20)
     assert added < 1.25 * largest + 32 * 2**20, (added / 2**20, largest / 2**20)  # + interpreter noise
     assert added < total / 3, (added / 2**20, total / 2**20)

@@ -3,6 +3,7 @@
 #include <pybind11/stl.h>
 
 #include "../common/cpu_features.h"
+#include "../cpu/gemm_f8w.h"
 #include "../cpu/gemm_w8a8.h"
 #include "../cpu/peak.h"
 #include "args.h"
@@ -119,25 +120,39 @@ void gemm_s8(py::handle a_, py::handle packed_, py::handle colsum_, int64_t N, p
   cpu::gemm_s8(p, isa);
 }
 
-void linear_w8a8(py::handle x_, py::handle packed_, py::handle colsum_, py::handle w_scale_, py::handle out_,
-                 int n_threads, const py::object& isa_name) {
-  auto x = view(x_, "x"), packed = view(packed_, "packed"), colsum = view(colsum_, "colsum"),
-       ws = view(w_scale_, "w_scale"), out = view(out_, "out");
-  for (auto* v : {&x, &packed, &colsum, &ws, &out}) v->expect_cpu();
-  x.expect_dtype({DType::f32, DType::bf16});
+// x [M, K] (the allowed dtypes, inner dim contiguous), w_scale [N] float32, out [M, N] float32/bfloat16: the
+// operands every linear binding shares. Returns {M, K, N}.
+struct LinearShape {
+  int64_t M, K, N;
+};
+LinearShape check_linear(const TensorView& x, std::initializer_list<DType> x_dtypes, const TensorView& ws,
+                         const TensorView& out) {
+  x.expect_cpu();
+  x.expect_dtype(x_dtypes);
   x.expect_rank(2);
   x.expect_inner_contiguous();
+  ws.expect_cpu();
   ws.expect_dtype({DType::f32});
   ws.expect_rank(1);
   ws.expect_contiguous();
   const int64_t M = x.shape[0], K = x.shape[1], N = ws.shape[0];
-  const int64_t Kp = cpu::round_up(K, 4);
-  check_packed(packed, colsum, N, Kp);
+  out.expect_cpu();
   out.expect_dtype({DType::f32, DType::bf16});
   out.expect_rank(2);
   out.expect_dim(0, M, "x.shape[0]");
   out.expect_dim(1, N, "w_scale.shape[0]");
   out.expect_inner_contiguous();
+  return {M, K, N};
+}
+
+void linear_w8a8(py::handle x_, py::handle packed_, py::handle colsum_, py::handle w_scale_, py::handle out_,
+                 int n_threads, const py::object& isa_name) {
+  auto x = view(x_, "x"), packed = view(packed_, "packed"), colsum = view(colsum_, "colsum"),
+       ws = view(w_scale_, "w_scale"), out = view(out_, "out");
+  const auto [M, K, N] = check_linear(x, {DType::f32, DType::bf16}, ws, out);
+  packed.expect_cpu();
+  colsum.expect_cpu();
+  check_packed(packed, colsum, N, cpu::round_up(K, 4));
   cpu::LinearW8A8Params p{};
   p.x = x.data;
   p.x_is_bf16 = x.dtype == DType::bf16;
@@ -155,6 +170,42 @@ void linear_w8a8(py::handle x_, py::handle packed_, py::handle colsum_, py::hand
   const cpu::Isa isa = isa_arg(isa_name);
   py::gil_scoped_release nogil;
   cpu::linear_w8a8(p, isa);
+}
+
+void pack_f8(py::handle q_, py::handle packed_, int n_threads) {
+  auto q = view(q_, "weight"), packed = view(packed_, "packed");
+  for (auto* v : {&q, &packed}) v->expect_cpu();
+  q.expect_dtype({DType::u8});
+  q.expect_rank(2);
+  q.expect_inner_contiguous();
+  const int64_t N = q.shape[0], K = q.shape[1];
+  packed.expect_vector({DType::u8}, cpu::round_up(N, 16) * cpu::round_up(K, 2), "round_up(N, 16) * round_up(K, 2)");
+  const int nt = threads_arg(n_threads);
+  py::gil_scoped_release nogil;
+  cpu::pack_f8(q.ptr<uint8_t>(), q.row_stride(), N, K, packed.ptr<uint8_t>(), nt);
+}
+
+void gemm_f8w(py::handle x_, py::handle packed_, py::handle w_scale_, py::handle out_, int n_threads,
+              const py::object& isa_name) {
+  auto x = view(x_, "x"), packed = view(packed_, "packed"), ws = view(w_scale_, "w_scale"), out = view(out_, "out");
+  const auto [M, K, N] = check_linear(x, {DType::bf16}, ws, out);
+  packed.expect_vector({DType::u8}, cpu::round_up(N, 16) * cpu::round_up(K, 2), "round_up(N, 16) * round_up(K, 2)");
+  cpu::GemmF8Params p{};
+  p.x = x.ptr<uint16_t>();
+  p.ldx = x.row_stride();
+  p.w_packed = packed.ptr<uint8_t>();
+  p.w_scale = ws.ptr<float>();
+  p.M = M;
+  p.N = N;
+  p.K = K;
+  p.K2 = cpu::round_up(K, 2) / 2;
+  p.out = out.data;
+  p.out_is_bf16 = out.dtype == DType::bf16;
+  p.ldo = out.row_stride();
+  p.n_threads = threads_arg(n_threads);
+  const cpu::Isa isa = isa_arg(isa_name);
+  py::gil_scoped_release nogil;
+  cpu::gemm_f8w(p, isa);
 }
 
 }  // namespace
@@ -203,6 +254,13 @@ void register_gemm(py::module_& m) {
         py::arg("out"), py::arg("n_threads") = 1, py::arg("isa") = py::none(),
         "Fused W8A8 linear: out[M, N] = dequant(quantize_per_row(x)[M, K] . W^T), x float32/bfloat16, out "
         "float32/bfloat16; the same numbers as quantize_rows_s8 followed by gemm_s8.");
+  m.def("pack_f8", &pack_f8, py::arg("weight"), py::arg("packed"), py::arg("n_threads") = 1,
+        "Pack float8 e4m3 weights [N, K] (viewed as uint8) for gemm_f8w: packed [round_up(N,16)*round_up(K,2)] "
+        "uint8.");
+  m.def("gemm_f8w", &gemm_f8w, py::arg("x"), py::arg("packed"), py::arg("w_scale"), py::arg("out"),
+        py::arg("n_threads") = 1, py::arg("isa") = py::none(),
+        "FP8-weight GEMM: out[M, N] = (x[M, K] . q^T) * w_scale[n], x bfloat16, weights widened to bf16 in "
+        "registers, fp32 accumulation; out float32 or bfloat16.");
   m.def("gemm_s8", &gemm_s8, py::arg("a"), py::arg("packed"), py::arg("colsum"), py::arg("N"), py::arg("out"),
         py::arg("a_scale") = py::none(), py::arg("w_scale") = py::none(), py::arg("n_threads") = 1,
         py::arg("isa") = py::none(),

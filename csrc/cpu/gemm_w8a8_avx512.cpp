@@ -8,6 +8,7 @@
 #include <cstring>
 #include <vector>
 
+#include "avx512_util.h"
 #include "gemm_w8a8.h"
 
 namespace illada::cpu {
@@ -20,92 +21,66 @@ constexpr int64_t kRowsPerTask = 96;
 // while every row tile of the task uses them.
 constexpr int64_t kK4Block = 64;
 
-// fp32 -> bf16 round-to-nearest-even, NaN kept quiet; exact for denormals (vcvtneps2bf16 would flush them).
-inline __m256i to_bf16(__m512 f) {
-  const __m512i u = _mm512_castps_si512(f);
-  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
-  const __mmask16 nan = _mm512_cmp_ps_mask(f, f, _CMP_UNORD_Q);
-  r = _mm512_mask_or_epi32(r, nan, _mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
-  return _mm512_cvtepi32_epi16(r);
-}
-
 // One register tile over k4 in [k_begin, k_end). First K block starts from zero, later ones resume from the
 // int32 scratch `c` (ldc = kNV * 16); the last K block runs the epilogue, the others park the sums in `c`.
 template <int MR, int NV>
-void tile(const GemmS8Params& p, int64_t m0, int64_t nb0, int64_t k_begin, int64_t k_end, int32_t* c) {
-  constexpr int64_t ldc = kNV * 16;
-  __m512i acc[MR][NV];
-  #pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i)
-    #pragma GCC unroll 16
-    for (int j = 0; j < NV; ++j)
-      acc[i][j] = k_begin == 0 ? _mm512_setzero_si512() : _mm512_loadu_si512(c + i * ldc + j * 16);
-  const int64_t bstride = p.K4 * 64;
-  const int8_t* b = p.w_packed + nb0 * bstride;
-  const int8_t* a = p.a + m0 * p.lda;
-  for (int64_t k4 = k_begin; k4 < k_end; ++k4) {
-    __m512i bv[NV];
-    #pragma GCC unroll 16
-    for (int j = 0; j < NV; ++j) bv[j] = _mm512_loadu_si512(b + j * bstride + k4 * 64);
-    #pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i) {
-      int32_t a4;
-      std::memcpy(&a4, a + i * p.lda + k4 * 4, 4);
-      const __m512i av = _mm512_set1_epi32(a4);  // a holds q + 128 (see gemm_s8_avx512)
-      #pragma GCC unroll 16
-      for (int j = 0; j < NV; ++j) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], av, bv[j]);
-    }
-  }
-  if (k_end < p.K4) {
+struct TileS8 {
+  static void run(const GemmS8Params& p, int64_t m0, int64_t nb0, int64_t k_begin, int64_t k_end, int32_t* c) {
+    constexpr int64_t ldc = kNV * 16;
+    __m512i acc[MR][NV];
     #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i)
       #pragma GCC unroll 16
-      for (int j = 0; j < NV; ++j) _mm512_storeu_si512(c + i * ldc + j * 16, acc[i][j]);
-    return;
-  }
-  #pragma GCC unroll 16
-  for (int j = 0; j < NV; ++j) {
-    const int64_t n0 = (nb0 + j) * 16;
-    const int64_t valid = p.N - n0 < 16 ? p.N - n0 : 16;
-    const __mmask16 mask = static_cast<__mmask16>((1u << valid) - 1u);
-    const __m512i comp = _mm512_slli_epi32(_mm512_loadu_si512(p.colsum + n0), 7);
-    __m512 ws = _mm512_setzero_ps();
-    if (p.out_kind != OutKind::i32) ws = _mm512_maskz_loadu_ps(mask, p.w_scale + n0);
-    #pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i) {
-      const __m512i v = _mm512_sub_epi32(acc[i][j], comp);
-      const int64_t o = (m0 + i) * p.ldo + n0;
-      if (p.out_kind == OutKind::i32) {
-        _mm512_mask_storeu_epi32(static_cast<int32_t*>(p.out) + o, mask, v);
-        continue;
+      for (int j = 0; j < NV; ++j)
+        acc[i][j] = k_begin == 0 ? _mm512_setzero_si512() : _mm512_loadu_si512(c + i * ldc + j * 16);
+    const int64_t bstride = p.K4 * 64;
+    const int8_t* b = p.w_packed + nb0 * bstride;
+    const int8_t* a = p.a + m0 * p.lda;
+    for (int64_t k4 = k_begin; k4 < k_end; ++k4) {
+      __m512i bv[NV];
+      #pragma GCC unroll 16
+      for (int j = 0; j < NV; ++j) bv[j] = _mm512_loadu_si512(b + j * bstride + k4 * 64);
+      #pragma GCC unroll 16
+      for (int i = 0; i < MR; ++i) {
+        int32_t a4;
+        std::memcpy(&a4, a + i * p.lda + k4 * 4, 4);
+        const __m512i av = _mm512_set1_epi32(a4);  // a holds q + 128 (see gemm_s8_avx512)
+        #pragma GCC unroll 16
+        for (int j = 0; j < NV; ++j) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], av, bv[j]);
       }
-      const __m512 f = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(v), _mm512_set1_ps(p.a_scale[m0 + i])), ws);
-      if (p.out_kind == OutKind::f32)
-        _mm512_mask_storeu_ps(static_cast<float*>(p.out) + o, mask, f);
-      else
-        _mm256_mask_storeu_epi16(static_cast<uint16_t*>(p.out) + o, mask, to_bf16(f));
+    }
+    if (k_end < p.K4) {
+      #pragma GCC unroll 16
+      for (int i = 0; i < MR; ++i)
+        #pragma GCC unroll 16
+        for (int j = 0; j < NV; ++j) _mm512_storeu_si512(c + i * ldc + j * 16, acc[i][j]);
+      return;
+    }
+    #pragma GCC unroll 16
+    for (int j = 0; j < NV; ++j) {
+      const int64_t n0 = (nb0 + j) * 16;
+      const int64_t valid = p.N - n0 < 16 ? p.N - n0 : 16;
+      const __mmask16 mask = static_cast<__mmask16>((1u << valid) - 1u);
+      const __m512i comp = _mm512_slli_epi32(_mm512_loadu_si512(p.colsum + n0), 7);
+      __m512 ws = _mm512_setzero_ps();
+      if (p.out_kind != OutKind::i32) ws = _mm512_maskz_loadu_ps(mask, p.w_scale + n0);
+      #pragma GCC unroll 16
+      for (int i = 0; i < MR; ++i) {
+        const __m512i v = _mm512_sub_epi32(acc[i][j], comp);
+        const int64_t o = (m0 + i) * p.ldo + n0;
+        if (p.out_kind == OutKind::i32) {
+          _mm512_mask_storeu_epi32(static_cast<int32_t*>(p.out) + o, mask, v);
+          continue;
+        }
+        const __m512 f = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(v), _mm512_set1_ps(p.a_scale[m0 + i])), ws);
+        if (p.out_kind == OutKind::f32)
+          _mm512_mask_storeu_ps(static_cast<float*>(p.out) + o, mask, f);
+        else
+          _mm256_mask_storeu_epi16(static_cast<uint16_t*>(p.out) + o, mask, avx512::to_bf16(f));
+      }
     }
   }
-}
-
-using TileFn = void (*)(const GemmS8Params&, int64_t, int64_t, int64_t, int64_t, int32_t*);
-
-template <int MR>
-constexpr TileFn pick_nv(int nv) {
-  return nv == 1 ? tile<MR, 1> : nv == 2 ? tile<MR, 2> : nv == 3 ? tile<MR, 3> : tile<MR, 4>;
-}
-
-TileFn pick(int mr, int nv) {
-  switch (mr) {
-    case 1: return pick_nv<1>(nv);
-    case 2: return pick_nv<2>(nv);
-    case 3: return pick_nv<3>(nv);
-    case 4: return pick_nv<4>(nv);
-    case 5: return pick_nv<5>(nv);
-    default: return pick_nv<6>(nv);
-  }
-}
+};
 
 }  // namespace
 
@@ -176,7 +151,7 @@ void gemm_s8_avx512(const GemmS8Params& in) {
         const int64_t k1 = k0 + kK4Block < p.K4 ? k0 + kK4Block : p.K4;
         for (int64_t m0 = m_begin; m0 < m_end; m0 += kMR) {
           const int mr = static_cast<int>(m_end - m0 < kMR ? m_end - m0 : kMR);
-          pick(mr, nv)(p, m0, nb0, k0, k1, scratch + (m0 - m_begin) * kNV * 16);
+          avx512::pick_tile<TileS8>(mr, nv)(p, m0, nb0, k0, k1, scratch + (m0 - m_begin) * kNV * 16);
         }
       }
     }

@@ -105,15 +105,21 @@ def _round_up(v: int, m: int) -> int:
     return (v + m - 1) // m * m
 
 
-def pack_int8_weight(weight: torch.Tensor, scale: torch.Tensor) -> Int8Weight:
-    """weight [N, K] int8 (CPU), scale [N] (per output channel) -> Int8Weight."""
-    if not isinstance(weight, torch.Tensor) or weight.dtype != torch.int8 or weight.dim() != 2:
-        raise ValueError(f"weight: expected a 2-D int8 tensor, got "
+def _check_quantized_weight(weight, scale, dtype: torch.dtype) -> tuple[int, int, torch.Tensor]:
+    """(N, K, float32 contiguous per-channel scale) of a 2-D weight of `dtype`, or a ValueError naming the problem."""
+    if not isinstance(weight, torch.Tensor) or weight.dtype != dtype or weight.dim() != 2:
+        raise ValueError(f"weight: expected a 2-D {str(dtype).replace('torch.', '')} tensor, got "
                          f"{getattr(weight, 'dtype', type(weight).__name__)} {tuple(getattr(weight, 'shape', ()))}")
     N, K = weight.shape
     scale = torch.as_tensor(scale).to(torch.float32).reshape(-1).contiguous()
     if scale.numel() != N:
         raise ValueError(f"scale: expected {N} per-channel scales for weight {tuple(weight.shape)}, got {scale.numel()}")
+    return N, K, scale
+
+
+def pack_int8_weight(weight: torch.Tensor, scale: torch.Tensor) -> Int8Weight:
+    """weight [N, K] int8 (CPU), scale [N] (per output channel) -> Int8Weight."""
+    N, K, scale = _check_quantized_weight(weight, scale, torch.int8)
     packed = torch.empty(_round_up(N, 16) * _round_up(K, 4), dtype=torch.int8)
     colsum = torch.empty(_round_up(N, 16), dtype=torch.int32)
     if _C is not None:
@@ -142,6 +148,52 @@ def linear_w8a8(x: torch.Tensor, w: Int8Weight, out_dtype: torch.dtype | None = 
         x2 = x2.contiguous()
     out = torch.empty(x2.shape[0], w.N, dtype=out_dtype)
     _C.linear_w8a8(x2, w.packed, w.colsum, w.scale, out, _threads(), isa)
+    return out.reshape(*x.shape[:-1], w.N)
+
+
+@dataclass(frozen=True)
+class Fp8Weight:
+    """A float8 e4m3 weight [N, K] with per-output-channel scales, packed for the CPU FP8-weight kernel:
+    packed uint8 [round_up(N, 16) * round_up(K, 2)] (blocks of 16 channels, K in pairs), scale float32 [N]."""
+    packed: torch.Tensor
+    scale: torch.Tensor
+    N: int
+    K: int
+
+    def weight(self) -> torch.Tensor:
+        Np, Kp = _round_up(self.N, 16), _round_up(self.K, 2)
+        blocks = self.packed.view(Np // 16, Kp // 2, 16, 2).permute(0, 2, 1, 3).reshape(Np, Kp)
+        return blocks[:self.N, :self.K].contiguous().view(torch.float8_e4m3fn)
+
+
+def fp8_kernel_available() -> bool:
+    """The FP8-weight kernel runs where the CPU has AVX-512 BF16 (its portable version is a slow floor only)."""
+    return _C is not None and kernel_mode() == "auto" and cpu_isa() in ("avx512", "amx")
+
+
+def pack_fp8_weight(weight: torch.Tensor, scale: torch.Tensor) -> Fp8Weight:
+    """weight [N, K] float8_e4m3fn (CPU), scale [N] -> Fp8Weight."""
+    N, K, scale = _check_quantized_weight(weight, scale, torch.float8_e4m3fn)
+    if _C is None:  # pragma: no cover - only without a build
+        raise RuntimeError("the compiled module illada_rt._C is missing")
+    packed = torch.empty(_round_up(N, 16) * _round_up(K, 2), dtype=torch.uint8)
+    _C.pack_f8(weight.cpu().contiguous().view(torch.uint8), packed, _threads())
+    return Fp8Weight(packed, scale, N, K)
+
+
+def linear_fp8w(x: torch.Tensor, w: Fp8Weight, out_dtype: torch.dtype | None = None,
+                isa: str | None = None) -> torch.Tensor:
+    """x [..., K] bfloat16 -> [..., N]: (x . q^T) * scale, weights widened to bf16 in registers."""
+    if x.shape[-1] != w.K:
+        raise ValueError(f"x: last dimension {x.shape[-1]} does not match the weight's K = {w.K}")
+    out_dtype = out_dtype or x.dtype
+    if not (use_cpu_kernel(x) and x.dtype == torch.bfloat16 and out_dtype in (torch.float32, torch.bfloat16)):
+        return reference.linear_fp8w(x, w.weight().to(x.device), w.scale.to(x.device), out_dtype)
+    x2 = x.reshape(-1, w.K)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    out = torch.empty(x2.shape[0], w.N, dtype=out_dtype)
+    _C.gemm_f8w(x2, w.packed, w.scale, out, _threads(), isa)
     return out.reshape(*x.shape[:-1], w.N)
 
 

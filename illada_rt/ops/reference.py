@@ -102,3 +102,11 @@ def sample_greedy(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tor
     margin = top[..., 0] - (top[..., 1] if top.shape[-1] > 1 else 0)
     entropy = torch.special.entr(p).sum(-1)
     return token, conf, margin, entropy
+
+
+def linear_fp8w(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
+                out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """FP8-weight linear: x [..., K] float, weight [N, K] float8_e4m3fn, weight_scale [N] per output channel;
+    (x . weight^T) in fp32, then scaled per channel."""
+    out = (x.float() @ weight.float().T) * weight_scale.float()
+    return out.to(out_dtype or x.dtype)

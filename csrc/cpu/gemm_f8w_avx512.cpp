@@ -1,0 +1,121 @@
+// AVX-512 BF16 FP8-weight GEMM (see gemm_f8w.h). Per task (96 rows x a 64-channel panel) and K block (256),
+// the panel's fp8 weights are widened once into a bf16 scratch that stays in L1 (e4m3 -> fp16 bit pattern ->
+// fp32 x 2^8 -> bf16, all exact), then a 6 x 4 register tile of vdpbf16ps runs over every row tile.
+#include <immintrin.h>
+
+#include <cstring>
+#include <vector>
+
+#include "gemm_f8w.h"
+#include "avx512_util.h"
+#include "gemm_w8a8.h"
+
+namespace illada::cpu {
+
+namespace {
+
+constexpr int kMR = 6, kNV = 4;
+constexpr int64_t kRowsPerTask = 96, kK2Block = 128;
+
+// 32 e4m3 bytes -> 32 bf16 (as a __m512bh of 16 pairs), exact.
+inline __m512i widen(__m256i b) {
+  const __m512i w = _mm512_cvtepu8_epi16(b);
+  const __m512i h = _mm512_or_si512(_mm512_slli_epi16(_mm512_and_si512(w, _mm512_set1_epi16(0x80)), 8),
+                                    _mm512_slli_epi16(_mm512_and_si512(w, _mm512_set1_epi16(0x7f)), 7));
+  const __m512 scale = _mm512_set1_ps(256.0f);  // fp16 exponent bias 15 vs e4m3's 7
+  const __m512 lo = _mm512_mul_ps(_mm512_cvtph_ps(_mm512_castsi512_si256(h)), scale);
+  const __m512 hi = _mm512_mul_ps(_mm512_cvtph_ps(_mm512_extracti64x4_epi64(h, 1)), scale);
+  return (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+}
+
+// scratch: kNV * kK2Block pairs x 16 channels of bf16 (4 x 128 x 64 bytes = 32 KB); c: fp32 partial sums
+template <int MR, int NV>
+struct TileF8 {
+  static void run(const GemmF8Params& p, const uint16_t* xs, int64_t ldxs, int64_t m0, int64_t nb0, int64_t k0,
+          int64_t k1, const __m512i* scratch, float* c) {
+    constexpr int64_t ldc = kNV * 16;
+    __m512 acc[MR][NV];
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 16
+      for (int j = 0; j < NV; ++j) acc[i][j] = k0 == 0 ? _mm512_setzero_ps() : _mm512_loadu_ps(c + i * ldc + j * 16);
+    for (int64_t k2 = k0; k2 < k1; ++k2) {
+      __m512i bv[NV];
+#pragma GCC unroll 16
+      for (int j = 0; j < NV; ++j) bv[j] = scratch[j * kK2Block + (k2 - k0)];
+#pragma GCC unroll 16
+      for (int i = 0; i < MR; ++i) {
+        int32_t pair;
+        std::memcpy(&pair, xs + (m0 + i) * ldxs + 2 * k2, 4);
+        const __m512bh av = (__m512bh)_mm512_set1_epi32(pair);
+#pragma GCC unroll 16
+        for (int j = 0; j < NV; ++j) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], av, (__m512bh)bv[j]);
+      }
+    }
+    if (k1 < p.K2) {
+#pragma GCC unroll 16
+      for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 16
+        for (int j = 0; j < NV; ++j) _mm512_storeu_ps(c + i * ldc + j * 16, acc[i][j]);
+      return;
+    }
+    for (int j = 0; j < NV; ++j) {
+      const int64_t n0 = (nb0 + j) * 16;
+      const int64_t valid = p.N - n0 < 16 ? p.N - n0 : 16;
+      const __mmask16 mask = static_cast<__mmask16>((1u << valid) - 1u);
+      const __m512 ws = _mm512_maskz_loadu_ps(mask, p.w_scale + n0);
+      for (int i = 0; i < MR; ++i) {
+        const __m512 f = _mm512_mul_ps(acc[i][j], ws);
+        const int64_t o = (m0 + i) * p.ldo + n0;
+        if (p.out_is_bf16)
+          _mm256_mask_storeu_epi16(static_cast<uint16_t*>(p.out) + o, mask, avx512::to_bf16(f));
+        else
+          _mm512_mask_storeu_ps(static_cast<float*>(p.out) + o, mask, f);
+      }
+    }
+  }
+};
+
+}  // namespace
+
+void gemm_f8w_avx512(const GemmF8Params& p) {
+  // Odd K: the last pair's second activation must be 0 (weights there are 0, but 0 * NaN/inf is not), so
+  // activations are copied into an even-width, zero-padded buffer in that case only.
+  const uint16_t* xs = p.x;
+  int64_t ldxs = p.ldx;
+  std::vector<uint16_t> padded;
+  if (p.K % 2) {
+    ldxs = p.K2 * 2;
+    padded.assign(static_cast<size_t>(p.M * ldxs), 0);
+    for (int64_t m = 0; m < p.M; ++m) std::memcpy(padded.data() + m * ldxs, p.x + m * p.ldx, p.K * 2);
+    xs = padded.data();
+  }
+  const int64_t NB = round_up(p.N, 16) / 16;
+  const int64_t panels = (NB + kNV - 1) / kNV;
+  const int64_t row_tasks = (p.M + kRowsPerTask - 1) / kRowsPerTask;
+#pragma omp parallel for collapse(2) num_threads(p.n_threads) schedule(static)
+  for (int64_t mt = 0; mt < row_tasks; ++mt) {
+    for (int64_t panel = 0; panel < panels; ++panel) {
+      alignas(64) __m512i scratch[kNV * kK2Block];
+      alignas(64) float partial[kRowsPerTask * kNV * 16];
+      const int64_t nb0 = panel * kNV;
+      const int nv = static_cast<int>(NB - nb0 < kNV ? NB - nb0 : kNV);
+      const int64_t m_begin = mt * kRowsPerTask;
+      const int64_t m_end = m_begin + kRowsPerTask < p.M ? m_begin + kRowsPerTask : p.M;
+      for (int64_t k0 = 0; k0 < p.K2 || k0 == 0; k0 += kK2Block) {
+        const int64_t k1 = k0 + kK2Block < p.K2 ? k0 + kK2Block : p.K2;
+        for (int j = 0; j < nv; ++j)
+          for (int64_t k2 = k0; k2 < k1; ++k2)
+            scratch[j * kK2Block + (k2 - k0)] = widen(_mm256_loadu_si256(
+                reinterpret_cast<const __m256i*>(p.w_packed + ((nb0 + j) * p.K2 + k2) * 32)));
+        for (int64_t m0 = m_begin; m0 < m_end; m0 += kMR) {
+          const int mr = static_cast<int>(m_end - m0 < kMR ? m_end - m0 : kMR);
+          avx512::pick_tile<TileF8>(mr, nv)(p, xs, ldxs, m0, nb0, k0, k1, scratch, partial + (m0 - m_begin) * kNV * 16);
+        }
+        if (p.K2 == 0) break;
+      }
+    }
+  }
+}
+
+}  // namespace illada::cpu
