@@ -13,4 +13,5 @@ PYBIND11_MODULE(_C, m) {
   illada::bind::register_cpu_features(m);
   illada::bind::register_sampling(m);
   illada::bind::register_gemm(m);
+  illada::bind::register_attention(m);
 }

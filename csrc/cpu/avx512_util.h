@@ -15,6 +15,24 @@ inline __m256i to_bf16(__m512 f) {
   return _mm512_cvtepi32_epi16(r);
 }
 
+// exp(x) for x <= 0 in fp32: range reduction to 2^n * e^r and a degree-6 polynomial (~1 ulp); exp(-104) and
+// below give exactly 0, so -inf inputs contribute nothing.
+inline __m512 exp_nonpositive(__m512 x) {  // x <= 0
+  x = _mm512_max_ps(x, _mm512_set1_ps(-104.0f));  // exp(-104) rounds to 0 in fp32: -inf logits add exactly 0
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 y = _mm512_set1_ps(1.0f / 720);
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.0f / 120));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.0f / 24));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.0f / 6));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(0.5f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.0f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(y, n);
+}
+
 // The register-tile instantiation for a tile of mr (1..6) rows and nv (1..4) vectors: Tile<MR, NV>::run.
 // Give each kernel's Tile a distinct name: instantiations of this template for same-named tile templates in
 // different files' anonymous namespaces can be merged by the linker.

@@ -7,27 +7,12 @@
 #include <cmath>
 #include <limits>
 
+#include "avx512_util.h"
 #include "sample_tokens.h"
 
 namespace illada::cpu {
 
 namespace {
-
-inline __m512 exp_nonpositive(__m512 x) {  // x <= 0
-  x = _mm512_max_ps(x, _mm512_set1_ps(-104.0f));  // exp(-104) rounds to 0 in fp32: -inf logits add exactly 0
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 y = _mm512_set1_ps(1.0f / 720);
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.0f / 120));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.0f / 24));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.0f / 6));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(0.5f));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.0f));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.0f));
-  return _mm512_scalef_ps(y, n);
-}
 
 inline __m512d exp_nonpositive_pd(__m512d x) {  // x <= 0, double precision (degree-12 Taylor on |r| <= ln2/2)
   x = _mm512_max_pd(x, _mm512_set1_pd(-746.0));   // exp(-746) rounds to 0 in double
@@ -158,7 +143,7 @@ void row(const SampleGreedyParams& p, int64_t r) {
 #pragma GCC unroll 4
       for (int u = 0; u < 4; ++u) {
         const __m512 d = _mm512_sub_ps(load<BF16>(base, v + 16 * u, 0xffff, 0.f), vm);
-        const __m512 e = exp_nonpositive(d);
+        const __m512 e = avx512::exp_nonpositive(d);
         vs[u] = _mm512_add_ps(vs[u], e);
         // -inf logits: e is 0 and the entropy term uses d clamped as exp clamps it (no -inf * 0)
         if (ENTROPY) vt[u] = _mm512_fmadd_ps(_mm512_max_ps(d, _mm512_set1_ps(-104.0f)), e, vt[u]);
@@ -168,7 +153,7 @@ void row(const SampleGreedyParams& p, int64_t r) {
     for (int64_t v = full; v < p.vocab; v += 16) {
       const __mmask16 mask = p.vocab - v >= 16 ? 0xffff : static_cast<__mmask16>((1u << (p.vocab - v)) - 1u);
       const __m512 d = _mm512_sub_ps(load<BF16>(base, v, mask, 0.f), vm);
-      const __m512 e = exp_nonpositive(d);
+      const __m512 e = avx512::exp_nonpositive(d);
       vs[0] = _mm512_mask_add_ps(vs[0], mask, vs[0], e);
       if (ENTROPY) vt[0] = _mm512_mask3_fmadd_ps(_mm512_max_ps(d, _mm512_set1_ps(-104.0f)), e, vt[0], mask);
     }

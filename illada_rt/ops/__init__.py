@@ -41,7 +41,23 @@ def use_cpu_kernel(*tensors: torch.Tensor) -> bool:
 rms_norm = reference.rms_norm
 rope_cos_sin = reference.rope_cos_sin
 apply_rope = reference.apply_rope
-attention = reference.attention
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+              key_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Bidirectional attention, q [B, Hq, Tq, D], k/v [B, Hkv, Tk, D], key_mask [B, Tk] bool (True = attend).
+
+    PyTorch's SDPA by default: on this project's CPUs it is still faster than the compiled kernel (see the README's
+    attention bench). ILLADA_RT_ATTENTION=kernel runs the compiled one (fp32/bf16, GQA without repeating k/v)."""
+    if (os.environ.get("ILLADA_RT_ATTENTION", "torch") == "kernel" and use_cpu_kernel(q, k, v)
+            and q.dtype in (torch.float32, torch.bfloat16) and k.dtype == q.dtype and v.dtype == q.dtype
+            and q.stride(-1) == 1 and k.stride(-1) == 1 and v.stride(-1) == 1):
+        B, H, T, D = q.shape
+        out = torch.empty(B, T, H, D, dtype=q.dtype).transpose(1, 2)
+        km = None if key_mask is None else key_mask.to(torch.bool).contiguous()
+        _C.attention(q, k, v, out, km, D ** -0.5, _threads())
+        return out
+    return reference.attention(q, k, v, key_mask)
 swiglu = reference.swiglu
 
 
