@@ -1,5 +1,6 @@
 """Bidirectional attention: the compiled CPU kernel beside torch SDPA (with GQA expanded as the reference does), same
-inputs, same run; full-canvas shapes (L x L) and a dual-cache decoding step (32 queries against L keys).
+inputs, same run; full-canvas shapes (L x L) and a dual-cache decoding step (32 queries against L keys); q and the
+output in the model's [B, T, H, D] memory layout.
 
     pytest bench/test_bench_attention.py --benchmark-json=att.json && python bench/report.py att.json
     ILLADA_BENCH_FULL=1 ...   # L 256..4096

@@ -28,6 +28,19 @@ def _cpu_info() -> dict:
     return info
 
 
+def _attention_cpu(status) -> str:
+    import os
+
+    mode = os.environ.get("ILLADA_RT_ATTENTION", "auto").strip().lower() or "auto"
+    if not status["_C"] or status["kernel_mode"] != "auto" or mode == "torch":
+        return "torch"
+    if mode == "kernel":
+        return f"_C ({status['cpu']['isa']})"
+    if status["cpu"]["isa"] in ("avx512", "amx"):
+        return "_C (avx512) for bf16 with head dim 64/128, torch SDPA otherwise"
+    return "torch"
+
+
 def capabilities() -> dict:
     """What this install has and what will run: compiled modules, CUDA archs and devices, kernel mode, CPU."""
     from . import ops
@@ -38,7 +51,7 @@ def capabilities() -> dict:
     status["kernels"] = {
         "select_confident": {"cpu": "_C" if status["_C"] and status["kernel_mode"] == "auto" else "reference",
                              "cuda": "reference"},
-        "attention": {"cpu": "torch", "cuda": "torch"},
+        "attention": {"cpu": _attention_cpu(status), "cuda": "torch"},
         "gemm": {"cpu": "torch", "cuda": "torch"},
         # greedy sampling (argmax + confidence): the kernel below AVX-512 is slower than PyTorch, which runs there
         "sample_greedy": {"cpu": f"_C ({status['cpu']['isa'].replace('amx', 'avx512')})"

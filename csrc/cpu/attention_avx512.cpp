@@ -1,12 +1,14 @@
 // AVX-512 attention for head dims 64 and 128 (see attention.h). Keys are first packed per (batch, kv head) as
-// fp32 K^T [D][Tk16] and V [Tk16][D] (Tk16 = Tk rounded up to 16; shared by every query head of a GQA group),
-// with an additive mask row (0 or -inf) per batch. Then each task takes 24 query rows of one head, 3 at a time:
-// per key block of up to 128 keys, scores S = (q * scale) K^T in 3 x 8 registers (one broadcast q element times
-// 8 K^T vectors), an online softmax (running max and sum, rescaling the output), and O += P V with the
+// K^T (transposed 16 x 16 words at a time in registers: fp32 [D][Tk16], or for bf16 inputs [D/2][Tk16] bf16 pairs; Tk16 = Tk rounded
+// up to 16; shared by every query head of a GQA group), with an additive mask row (0 or -inf) per batch; values
+// are read in place. Then each task takes 24 query rows of one head, 3 at a time: per key block of up to 128
+// keys, scores S = q K^T * scale in 3 x 8 registers (a broadcast q element, or bf16 pair with vdpbf16ps, times 8
+// K^T vectors), an online softmax (running max and sum, rescaling the output), and O += P V in fp32 with the
 // output rows in 3 x D/16 registers.
 #include <immintrin.h>
 
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -30,26 +32,51 @@ inline __m512 load16(const void* base, int64_t i, bool bf16) {
   return _mm512_loadu_ps(static_cast<const float*>(base) + i);
 }
 
-template <int R, int ND, int NV>
-__attribute__((always_inline)) inline void key_block(const float* qf, const float* kt, int64_t tkp, const float* vv,
-                                                     const float* madd, int64_t kb, float* m, float* l,
-                                                     __m512 (&o)[R][ND]) {
+// BF: bf16 inputs, scores by vdpbf16ps over pairs of head dims (exact products, fp32 sums): qf holds the query
+// rows as bf16 pairs (uint32, unscaled) and kt the keys as [D/2][tkp] pairs; scores are scaled afterwards.
+// Otherwise fp32: qf holds q * scale and kt is [D][tkp] fp32.
+template <bool BF, int R, int ND, int NV>
+__attribute__((always_inline)) inline void key_block(const void* qf, const void* kt, int64_t tkp, const void* vsrc,
+                                                     int64_t v_st, int64_t tk, const float* madd, int64_t kb, float* m,
+                                                     float* l, __m512 (&o)[R][ND], float scale) {
   constexpr int D = ND * 16;
   __m512 s[R][NV];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) s[r][v] = _mm512_setzero_ps();
-  for (int d = 0; d < D; ++d) {
-    const float* kr = kt + d * tkp + kb;
-    __m512 kv[NV];
+  if (BF) {
+    const uint32_t* qp = static_cast<const uint32_t*>(qf);
+    for (int dp = 0; dp < D / 2; ++dp) {
+      const uint32_t* kr = static_cast<const uint32_t*>(kt) + dp * tkp + kb;
+      __m512i kv[NV];
 #pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) kv[v] = _mm512_loadu_ps(kr + 16 * v);
+      for (int v = 0; v < NV; ++v) kv[v] = _mm512_loadu_si512(kr + 16 * v);
 #pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) {
-      const __m512 bq = _mm512_set1_ps(qf[r * D + d]);
+      for (int r = 0; r < R; ++r) {
+        const __m512bh bq = (__m512bh)_mm512_set1_epi32(static_cast<int>(qp[r * (D / 2) + dp]));
 #pragma GCC unroll 8
-      for (int v = 0; v < NV; ++v) s[r][v] = _mm512_fmadd_ps(bq, kv[v], s[r][v]);
+        for (int v = 0; v < NV; ++v) s[r][v] = _mm512_dpbf16_ps(s[r][v], bq, (__m512bh)kv[v]);
+      }
+    }
+    const __m512 vs = _mm512_set1_ps(scale);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) s[r][v] = _mm512_mul_ps(s[r][v], vs);
+  } else {
+    const float* q32 = static_cast<const float*>(qf);
+    for (int d = 0; d < D; ++d) {
+      const float* kr = static_cast<const float*>(kt) + d * tkp + kb;
+      __m512 kv[NV];
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) kv[v] = _mm512_loadu_ps(kr + 16 * v);
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        const __m512 bq = _mm512_set1_ps(q32[r * D + d]);
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; ++v) s[r][v] = _mm512_fmadd_ps(bq, kv[v], s[r][v]);
+      }
     }
   }
   alignas(64) float pb[R][NV * 16];
@@ -82,11 +109,11 @@ __attribute__((always_inline)) inline void key_block(const float* qf, const floa
 #pragma GCC unroll 8
     for (int n = 0; n < ND; ++n) o[r][n] = _mm512_mul_ps(o[r][n], va);
   }
-  for (int j = 0; j < NV * 16; ++j) {
-    const float* vr = vv + (kb + j) * D;
+  const int64_t jn = tk - kb < NV * 16 ? tk - kb : NV * 16;  // keys past Tk have p = 0 and no row to read
+  for (int64_t j = 0; j < jn; ++j) {
     __m512 vrow[ND];
 #pragma GCC unroll 8
-    for (int n = 0; n < ND; ++n) vrow[n] = _mm512_loadu_ps(vr + 16 * n);
+    for (int n = 0; n < ND; ++n) vrow[n] = load16(vsrc, (kb + j) * v_st + 16 * n, BF);
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       const __m512 bp = _mm512_set1_ps(pb[r][j]);
@@ -96,15 +123,18 @@ __attribute__((always_inline)) inline void key_block(const float* qf, const floa
   }
 }
 
-template <int R, int ND>
-void query_rows(const AttentionParams& p, const float* kt, const float* vv, const float* madd, int64_t tkp,
+template <bool BF, int R, int ND>
+void query_rows(const AttentionParams& p, const void* kt, const void* vsrc, const float* madd, int64_t tkp,
                 int64_t b, int64_t h, int64_t i0) {
   constexpr int D = ND * 16;
-  alignas(64) float qf[R * D];
+  alignas(64) float qf[R * D];  // fp32: q * scale; bf16: the raw pairs (first half of the buffer)
   for (int r = 0; r < R; ++r) {
     const int64_t qo = b * p.q_sb + h * p.q_sh + (i0 + r) * p.q_st;
-    for (int n = 0; n < ND; ++n)
-      _mm512_store_ps(qf + r * D + 16 * n, _mm512_mul_ps(load16(p.q, qo + 16 * n, p.bf16), _mm512_set1_ps(p.scale)));
+    if (BF)
+      std::memcpy(reinterpret_cast<uint16_t*>(qf) + r * D, static_cast<const uint16_t*>(p.q) + qo, D * 2);
+    else
+      for (int n = 0; n < ND; ++n)
+        _mm512_store_ps(qf + r * D + 16 * n, _mm512_mul_ps(load16(p.q, qo + 16 * n, false), _mm512_set1_ps(p.scale)));
   }
   float m[R], l[R];
   __m512 o[R][ND];
@@ -114,15 +144,15 @@ void query_rows(const AttentionParams& p, const float* kt, const float* vv, cons
     for (int n = 0; n < ND; ++n) o[r][n] = _mm512_setzero_ps();
   }
   int64_t kb = 0;
-  for (; kb + 128 <= tkp; kb += 128) key_block<R, ND, 8>(qf, kt, tkp, vv, madd, kb, m, l, o);
+  for (; kb + 128 <= tkp; kb += 128) key_block<BF, R, ND, 8>(qf, kt, tkp, vsrc, p.v_st, p.Tk, madd, kb, m, l, o, p.scale);
   switch ((tkp - kb) / 16) {
-    case 1: key_block<R, ND, 1>(qf, kt, tkp, vv, madd, kb, m, l, o); break;
-    case 2: key_block<R, ND, 2>(qf, kt, tkp, vv, madd, kb, m, l, o); break;
-    case 3: key_block<R, ND, 3>(qf, kt, tkp, vv, madd, kb, m, l, o); break;
-    case 4: key_block<R, ND, 4>(qf, kt, tkp, vv, madd, kb, m, l, o); break;
-    case 5: key_block<R, ND, 5>(qf, kt, tkp, vv, madd, kb, m, l, o); break;
-    case 6: key_block<R, ND, 6>(qf, kt, tkp, vv, madd, kb, m, l, o); break;
-    case 7: key_block<R, ND, 7>(qf, kt, tkp, vv, madd, kb, m, l, o); break;
+    case 1: key_block<BF, R, ND, 1>(qf, kt, tkp, vsrc, p.v_st, p.Tk, madd, kb, m, l, o, p.scale); break;
+    case 2: key_block<BF, R, ND, 2>(qf, kt, tkp, vsrc, p.v_st, p.Tk, madd, kb, m, l, o, p.scale); break;
+    case 3: key_block<BF, R, ND, 3>(qf, kt, tkp, vsrc, p.v_st, p.Tk, madd, kb, m, l, o, p.scale); break;
+    case 4: key_block<BF, R, ND, 4>(qf, kt, tkp, vsrc, p.v_st, p.Tk, madd, kb, m, l, o, p.scale); break;
+    case 5: key_block<BF, R, ND, 5>(qf, kt, tkp, vsrc, p.v_st, p.Tk, madd, kb, m, l, o, p.scale); break;
+    case 6: key_block<BF, R, ND, 6>(qf, kt, tkp, vsrc, p.v_st, p.Tk, madd, kb, m, l, o, p.scale); break;
+    case 7: key_block<BF, R, ND, 7>(qf, kt, tkp, vsrc, p.v_st, p.Tk, madd, kb, m, l, o, p.scale); break;
     default: break;
   }
   for (int r = 0; r < R; ++r) {
@@ -139,26 +169,55 @@ void query_rows(const AttentionParams& p, const float* kt, const float* vv, cons
   }
 }
 
-template <int ND>
+// 16 x 16 transpose of 32-bit words: r[i][k] -> r[k][i].
+inline void transpose16(__m512i (&r)[16]) {
+  __m512i t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+    r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+    r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+    r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+  }
+  for (int h = 0; h < 16; h += 8)
+    for (int k = 0; k < 4; ++k) {
+      t[h + k] = _mm512_shuffle_i32x4(r[h + k], r[h + 4 + k], 0x88);
+      t[h + 4 + k] = _mm512_shuffle_i32x4(r[h + k], r[h + 4 + k], 0xdd);
+    }
+  for (int k = 0; k < 8; ++k) {
+    r[k] = _mm512_shuffle_i32x4(t[k], t[8 + k], 0x88);
+    r[8 + k] = _mm512_shuffle_i32x4(t[k], t[8 + k], 0xdd);
+  }
+}
+
+template <bool BF, int ND>
 void run(const AttentionParams& p) {
   constexpr int D = ND * 16;
   const int64_t tkp = round_up(p.Tk, 16), group = p.Hq / p.Hkv;
-  std::vector<float> kt(static_cast<size_t>(p.B * p.Hkv * D * tkp), 0.f);
-  std::vector<float> vv(static_cast<size_t>(p.B * p.Hkv * tkp * D), 0.f);
+  // keys: bf16 -> [D/2][tkp] pairs (uint32), fp32 -> [D][tkp]; additive mask per batch
+  const int64_t kt_words = BF ? D / 2 * tkp : D * tkp;
+  std::vector<uint32_t> kt(static_cast<size_t>(p.B * p.Hkv * kt_words), 0u);
   std::vector<float> madd(static_cast<size_t>(p.B * tkp), kNegInf);
-  auto at = [&](const void* base, int64_t i) {
-    return p.bf16 ? bf16_to_f32(static_cast<const uint16_t*>(base)[i]) : static_cast<const float*>(base)[i];
-  };
 #pragma omp parallel for collapse(2) num_threads(p.n_threads) schedule(static)
   for (int64_t b = 0; b < p.B; ++b) {
     for (int64_t hk = 0; hk < p.Hkv; ++hk) {
-      float* ktp = kt.data() + (b * p.Hkv + hk) * D * tkp;
-      float* vvp = vv.data() + (b * p.Hkv + hk) * tkp * D;
-      for (int64_t j = 0; j < p.Tk; ++j) {
-        const int64_t ko = b * p.k_sb + hk * p.k_sh + j * p.k_st, vo = b * p.v_sb + hk * p.v_sh + j * p.v_st;
-        for (int d = 0; d < D; ++d) {
-          ktp[d * tkp + j] = at(p.k, ko + d);
-          vvp[j * D + d] = at(p.v, vo + d);
+      uint32_t* ktp = kt.data() + (b * p.Hkv + hk) * kt_words;
+      const int64_t k0 = b * p.k_sb + hk * p.k_sh;
+      // K^T, 16 keys x 16 words at a time through an in-register transpose (a word is a bf16 pair or one fp32)
+      const int64_t words = BF ? D / 2 : D;
+      const size_t esize = BF ? 2 : 4;
+      const char* kbase = static_cast<const char*>(p.k) + k0 * esize;
+      for (int64_t j0 = 0; j0 < p.Tk; j0 += 16) {
+        const int64_t n = p.Tk - j0 < 16 ? p.Tk - j0 : 16;
+        for (int64_t w0 = 0; w0 < words; w0 += 16) {
+          __m512i r[16];
+          for (int i = 0; i < 16; ++i)
+            r[i] = i < n ? _mm512_loadu_si512(kbase + ((j0 + i) * p.k_st) * esize + w0 * 4) : _mm512_setzero_si512();
+          transpose16(r);
+          for (int w = 0; w < 16; ++w) _mm512_storeu_si512(ktp + (w0 + w) * tkp + j0, r[w]);
         }
       }
       if (hk == 0)
@@ -172,18 +231,20 @@ void run(const AttentionParams& p) {
     for (int64_t h = 0; h < p.Hq; ++h) {
       for (int64_t t = 0; t < tiles; ++t) {
         const int64_t hk = h / group;
-        const float* ktp = kt.data() + (b * p.Hkv + hk) * D * tkp;
-        const float* vvp = vv.data() + (b * p.Hkv + hk) * tkp * D;
+        const uint32_t* ktp = kt.data() + (b * p.Hkv + hk) * kt_words;
+        const int64_t v0 = b * p.v_sb + hk * p.v_sh;  // values are read in place (bf16 widened on load)
+        const void* vvp = BF ? static_cast<const void*>(static_cast<const uint16_t*>(p.v) + v0)
+                             : static_cast<const void*>(static_cast<const float*>(p.v) + v0);
         const float* mp = madd.data() + b * tkp;
         const int64_t end = (t + 1) * kRowsPerTask < p.Tq ? (t + 1) * kRowsPerTask : p.Tq;
         for (int64_t i0 = t * kRowsPerTask; i0 < end; i0 += kRows) {
           const int64_t rows = end - i0;
           if (rows >= 3)
-            query_rows<3, ND>(p, ktp, vvp, mp, tkp, b, h, i0);
+            query_rows<BF, 3, ND>(p, ktp, vvp, mp, tkp, b, h, i0);
           else if (rows == 2)
-            query_rows<2, ND>(p, ktp, vvp, mp, tkp, b, h, i0);
+            query_rows<BF, 2, ND>(p, ktp, vvp, mp, tkp, b, h, i0);
           else
-            query_rows<1, ND>(p, ktp, vvp, mp, tkp, b, h, i0);
+            query_rows<BF, 1, ND>(p, ktp, vvp, mp, tkp, b, h, i0);
         }
       }
     }
@@ -194,9 +255,9 @@ void run(const AttentionParams& p) {
 
 void attention_avx512(const AttentionParams& p) {
   if (p.D == 128)
-    run<8>(p);
+    p.bf16 ? run<true, 8>(p) : run<false, 8>(p);
   else
-    run<4>(p);
+    p.bf16 ? run<true, 4>(p) : run<false, 4>(p);
 }
 
 }  // namespace illada::cpu

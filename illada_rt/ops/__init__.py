@@ -47,11 +47,18 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
               key_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Bidirectional attention, q [B, Hq, Tq, D], k/v [B, Hkv, Tk, D], key_mask [B, Tk] bool (True = attend).
 
-    PyTorch's SDPA by default: on this project's CPUs it is still faster than the compiled kernel (see the README's
-    attention bench). ILLADA_RT_ATTENTION=kernel runs the compiled one (fp32/bf16, GQA without repeating k/v)."""
-    if (os.environ.get("ILLADA_RT_ATTENTION", "torch") == "kernel" and use_cpu_kernel(q, k, v)
-            and q.dtype in (torch.float32, torch.bfloat16) and k.dtype == q.dtype and v.dtype == q.dtype
-            and q.stride(-1) == 1 and k.stride(-1) == 1 and v.stride(-1) == 1):
+    ILLADA_RT_ATTENTION=auto (default) runs the compiled kernel where it beats PyTorch's SDPA on the CPUs measured
+    (bf16, head dim 64 or 128, AVX-512: scores with vdpbf16ps, GQA without repeating k/v) and SDPA otherwise;
+    `kernel` forces the kernel (fp32 and other head dims too), `torch` forces SDPA. Returns a [B, Hq, Tq, D] view of
+    a [B, Tq, Hq, D] buffer, the layout the model reshapes next."""
+    mode = os.environ.get("ILLADA_RT_ATTENTION", "auto").strip().lower() or "auto"
+    if mode not in ("auto", "kernel", "torch"):
+        raise ValueError(f"ILLADA_RT_ATTENTION must be auto, kernel or torch, got {mode!r}")
+    usable = (mode != "torch" and use_cpu_kernel(q, k, v) and q.dtype in (torch.float32, torch.bfloat16)
+              and k.dtype == q.dtype and v.dtype == q.dtype and q.stride(-1) == 1 and k.stride(-1) == 1
+              and v.stride(-1) == 1)
+    if usable and (mode == "kernel" or (q.dtype == torch.bfloat16 and q.shape[-1] in (64, 128)
+                                        and cpu_isa() in ("avx512", "amx"))):
         B, H, T, D = q.shape
         out = torch.empty(B, T, H, D, dtype=q.dtype).transpose(1, 2)
         km = None if key_mask is None else key_mask.to(torch.bool).contiguous()
