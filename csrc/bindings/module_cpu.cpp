@@ -14,4 +14,5 @@ PYBIND11_MODULE(_C, m) {
   illada::bind::register_sampling(m);
   illada::bind::register_gemm(m);
   illada::bind::register_attention(m);
+  illada::bind::register_norm_act(m);
 }

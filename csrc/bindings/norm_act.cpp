@@ -1,0 +1,75 @@
+// Bindings for the fused RMSNorm and SwiGLU (CPU).
+#include <pybind11/pybind11.h>
+
+#include "../cpu/norm_act.h"
+#include "args.h"
+#include "dlpack_view.h"
+#include "registry.h"
+
+namespace illada::bind {
+
+namespace {
+
+// Both operands and the output: 2-D, one dtype (float32 or bfloat16), inner dimension contiguous, same shape.
+cpu::RowsParams rows_params(TensorView& x, TensorView& out, int n_threads) {
+  for (auto* t : {&x, &out}) {
+    t->expect_cpu();
+    t->expect_rank(2);
+    t->expect_inner_contiguous();
+  }
+  x.expect_dtype({DType::f32, DType::bf16});
+  ILLADA_CHECK_TYPE(out.dtype == x.dtype, "out: expected dtype " << dtype_name(x.dtype) << ", got "
+                                                                 << dtype_name(out.dtype));
+  out.expect_dim(0, x.shape[0], "x.shape[0]");
+  out.expect_dim(1, x.shape[1], "x.shape[1]");
+  cpu::RowsParams p{};
+  p.x = x.data;
+  p.out = out.data;
+  p.bf16 = x.dtype == DType::bf16;
+  p.rows = x.shape[0];
+  p.D = x.shape[1];
+  p.ldx = x.row_stride();
+  p.ldo = out.row_stride();
+  p.n_threads = threads_arg(n_threads);
+  return p;
+}
+
+void rms_norm(py::handle x_, py::handle w_, double eps, py::handle out_, int n_threads, const py::object& isa_name) {
+  auto x = view(x_, "x"), w = view(w_, "weight"), out = view(out_, "out");
+  cpu::RowsParams p = rows_params(x, out, n_threads);
+  w.expect_vector({x.dtype}, x.shape[1], "x.shape[1]");
+  ILLADA_CHECK(eps >= 0, "eps: must be >= 0, got " << eps);
+  p.y = w.data;
+  p.eps = static_cast<float>(eps);
+  const cpu::Isa isa = isa_arg(isa_name);
+  py::gil_scoped_release nogil;
+  cpu::rms_norm(p, isa);
+}
+
+void swiglu(py::handle gate_, py::handle up_, py::handle out_, int n_threads, const py::object& isa_name) {
+  auto g = view(gate_, "gate"), u = view(up_, "up"), out = view(out_, "out");
+  cpu::RowsParams p = rows_params(g, out, n_threads);
+  u.expect_cpu();
+  u.expect_rank(2);
+  u.expect_inner_contiguous();
+  ILLADA_CHECK_TYPE(u.dtype == g.dtype, "up: expected dtype " << dtype_name(g.dtype) << ", got " << dtype_name(u.dtype));
+  u.expect_dim(0, g.shape[0], "gate.shape[0]");
+  u.expect_dim(1, g.shape[1], "gate.shape[1]");
+  p.y = u.data;
+  p.ldy = u.row_stride();
+  const cpu::Isa isa = isa_arg(isa_name);
+  py::gil_scoped_release nogil;
+  cpu::swiglu(p, isa);
+}
+
+}  // namespace
+
+void register_norm_act(py::module_& m) {
+  m.def("rms_norm", &rms_norm, py::arg("x"), py::arg("weight"), py::arg("eps"), py::arg("out"),
+        py::arg("n_threads") = 1, py::arg("isa") = py::none(),
+        "out = weight * round(x * rsqrt(mean(x^2) + eps)) per row, x [R, D] float32/bfloat16, weight [D] same dtype.");
+  m.def("swiglu", &swiglu, py::arg("gate"), py::arg("up"), py::arg("out"), py::arg("n_threads") = 1,
+        py::arg("isa") = py::none(), "out = round(silu(gate)) * up, [R, D] float32/bfloat16.");
+}
+
+}  // namespace illada::bind

@@ -1,0 +1,64 @@
+// Portable fused norm and activation (see norm_act.h), and the dispatchers.
+#include <cmath>
+
+#include "gemm_w8a8.h"  // bf16 helpers
+#include "norm_act.h"
+
+namespace illada::cpu {
+
+namespace {
+inline float ld(const void* b, int64_t i, bool bf16) {
+  return bf16 ? bf16_to_f32(static_cast<const uint16_t*>(b)[i]) : static_cast<const float*>(b)[i];
+}
+inline float rnd(float v, bool bf16) { return bf16 ? bf16_to_f32(f32_to_bf16(v)) : v; }
+inline void st(void* b, int64_t i, float v, bool bf16) {
+  if (bf16)
+    static_cast<uint16_t*>(b)[i] = f32_to_bf16(v);
+  else
+    static_cast<float*>(b)[i] = v;
+}
+}  // namespace
+
+void rms_norm_generic(const RowsParams& p) {
+#pragma omp parallel for num_threads(p.n_threads) schedule(static)
+  for (int64_t r = 0; r < p.rows; ++r) {
+    float ss = 0.f;
+    for (int64_t d = 0; d < p.D; ++d) {
+      const float v = ld(p.x, r * p.ldx + d, p.bf16);
+      ss += v * v;
+    }
+    const float inv = 1.0f / std::sqrt(ss / static_cast<float>(p.D) + p.eps);
+    for (int64_t d = 0; d < p.D; ++d)
+      st(p.out, r * p.ldo + d, ld(p.y, d, p.bf16) * rnd(ld(p.x, r * p.ldx + d, p.bf16) * inv, p.bf16), p.bf16);
+  }
+}
+
+void swiglu_generic(const RowsParams& p) {
+#pragma omp parallel for num_threads(p.n_threads) schedule(static)
+  for (int64_t r = 0; r < p.rows; ++r)
+    for (int64_t d = 0; d < p.D; ++d) {
+      const float g = ld(p.x, r * p.ldx + d, p.bf16);
+      const float s = rnd(g / (1.0f + std::exp(-g)), p.bf16);
+      st(p.out, r * p.ldo + d, s * ld(p.y, r * p.ldy + d, p.bf16), p.bf16);
+    }
+}
+
+void rms_norm(const RowsParams& p, Isa isa) {
+  if (p.rows == 0 || p.D == 0) return;
+#if defined(ILLADA_HAVE_AVX512)
+  if (isa >= Isa::avx512) return rms_norm_avx512(p);
+#endif
+  (void)isa;
+  rms_norm_generic(p);
+}
+
+void swiglu(const RowsParams& p, Isa isa) {
+  if (p.rows == 0 || p.D == 0) return;
+#if defined(ILLADA_HAVE_AVX512)
+  if (isa >= Isa::avx512) return swiglu_avx512(p);
+#endif
+  (void)isa;
+  swiglu_generic(p);
+}
+
+}  // namespace illada::cpu
