@@ -37,11 +37,12 @@ def models(bench_model_dir, tmp_path_factory):
 
 
 @pytest.mark.parametrize("policy", list(POLICIES))
-def test_policy(benchmark, models, policy):
+def test_policy(benchmark, models, policy, monkeypatch):
     model = models["int8" if policy.endswith("_int8") else "bf16"]
     prompt = torch.randint(1, model.config.vocab_size - 1, (1, PROMPT), generator=torch.Generator().manual_seed(0))
     kw = POLICIES[policy]
     if kw is None:
+        monkeypatch.setenv("ILLADA_RT_KERNELS", "reference")  # the baseline is plain PyTorch, no compiled kernel
         out = benchmark.pedantic(lambda: reference_loop(model, prompt, GEN, STEPS, BLOCK), rounds=1, iterations=1)
         nfe = STEPS
     else:
