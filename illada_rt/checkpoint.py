@@ -107,6 +107,26 @@ class SafetensorsFile:
                 self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
         return self._mm
 
+    def release(self, name: str) -> None:
+        """Drop the resident pages of one tensor's bytes (MADV_DONTNEED): a streaming reader stays at one tensor's
+        worth of memory instead of growing to the whole file. The data is re-read from disk if touched again."""
+        if self._mm is None or not hasattr(self._mm, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        e = self.entries[name]
+        page = mmap.PAGESIZE
+        start, end = (e.begin // page) * page, min(-(-e.end // page) * page, self._size)
+        if end > start:
+            self._mm.madvise(mmap.MADV_DONTNEED, start, end - start)
+
+    def close(self) -> None:
+        """Unmap the file now (tensors still viewing it keep the mapping alive until they go)."""
+        if self._mm is not None:
+            try:
+                self._mm.close()
+            except BufferError:  # exported views remain: they own the mapping now
+                pass
+            self._mm = None
+
     def mapped_range(self) -> tuple[int, int]:
         """(address, length) of the file's memory map: lets tests prove tensors are views, not copies."""
         buf = ctypes.c_char.from_buffer(self._map())

@@ -1,8 +1,9 @@
 """The quantize handler: walk a checkpoint shard by shard and write its quantized copy.
 
 Memory stays bounded by streaming: each output shard's safetensors header is planned from shapes and dtypes
-alone, then tensors are read from the memory-mapped source, quantized and written one at a time, so the process
-holds one source tensor and its quantized form at once (plus the source pages the OS keeps cached). Output goes
+alone, then tensors are read from the memory-mapped source, quantized and written one at a time, and each
+written tensor's source pages are released (madvise), so the process holds about one source tensor and its
+quantized form at once. Output goes
 to a temporary directory beside DST that is renamed into place only when everything is written and re-read:
 a failure leaves no DST that looks complete.
 """
@@ -68,8 +69,9 @@ def _skip_patterns(skip, cfg) -> list[str]:
     return pats
 
 
-def _write_safetensors(path: Path, plan: list[tuple[str, torch.dtype, tuple[int, ...]]], produce) -> int:
-    """Write a safetensors file whose tensors (name, dtype, shape) are produced one at a time by produce(name)."""
+def _write_safetensors(path: Path, plan: list[tuple[str, torch.dtype, tuple[int, ...]]], produce, written=None) -> int:
+    """Write a safetensors file whose tensors (name, dtype, shape) are produced one at a time by produce(name);
+    written(name), if given, runs once each tensor is on disk."""
     header, offset = {}, 0
     for name, dtype, shape in plan:
         n = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
@@ -87,6 +89,9 @@ def _write_safetensors(path: Path, plan: list[tuple[str, torch.dtype, tuple[int,
                 raise AssertionError(f"{name}: planned {dtype} {shape}, produced {t.dtype} {tuple(t.shape)}")
             if t.numel():
                 f.write(memoryview(t.contiguous().reshape(-1).view(torch.uint8).numpy()))
+            del t
+            if written is not None:
+                written(name)
     return 8 + len(blob) + offset
 
 
@@ -179,9 +184,14 @@ def quantize_checkpoint(src, dst, scheme: str = "int8", granularity: str = "chan
                     bar.update(1)
                 return t
 
-            summary.bytes_after += _write_safetensors(tmp / path.name, plan, produce)
+            def written(name, sf=sf):  # the source bytes of a written tensor leave resident memory
+                if name in sf.entries:
+                    sf.release(name)
+
+            summary.bytes_after += _write_safetensors(tmp / path.name, plan, produce, written)
             weight_map.update({name: path.name for name, _, _ in plan})
-            del sf
+            sf.close()
+            del sf, produce, written
         if (src / INDEX).is_file():
             index = json.loads((src / INDEX).read_text(encoding="utf-8"))
             index["weight_map"] = dict(sorted(weight_map.items()))

@@ -110,6 +110,31 @@ __attribute__((always_inline)) inline void key_block(const void* qf, const void*
     for (int n = 0; n < ND; ++n) o[r][n] = _mm512_mul_ps(o[r][n], va);
   }
   const int64_t jn = tk - kb < NV * 16 ? tk - kb : NV * 16;  // keys past Tk have p = 0 and no row to read
+  if (BF) {
+    // O += P V with vdpbf16ps: P rounded to bf16 pairs of keys (as flash attention does), V packed as
+    // [Tk16/2][D] pairs of keys per head dim (zero past Tk), fp32 accumulation
+    alignas(64) uint16_t pp[R][NV * 16];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v)
+        _mm256_store_si256(reinterpret_cast<__m256i*>(pp[r] + 16 * v), avx512::to_bf16(_mm512_load_ps(pb[r] + 16 * v)));
+    const uint32_t* vp = static_cast<const uint32_t*>(vsrc);
+    for (int64_t jp = 0; jp < (jn + 1) / 2; ++jp) {
+      __m512i vrow[ND];
+#pragma GCC unroll 8
+      for (int n = 0; n < ND; ++n) vrow[n] = _mm512_loadu_si512(vp + (kb / 2 + jp) * D + 16 * n);
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        uint32_t pair;
+        std::memcpy(&pair, pp[r] + 2 * jp, 4);
+        const __m512bh bp = (__m512bh)_mm512_set1_epi32(static_cast<int>(pair));
+#pragma GCC unroll 8
+        for (int n = 0; n < ND; ++n) o[r][n] = _mm512_dpbf16_ps(o[r][n], bp, (__m512bh)vrow[n]);
+      }
+    }
+    return;
+  }
   for (int64_t j = 0; j < jn; ++j) {
     __m512 vrow[ND];
 #pragma GCC unroll 8
@@ -201,6 +226,7 @@ void run(const AttentionParams& p) {
   const int64_t kt_words = BF ? D / 2 * tkp : D * tkp;
   std::vector<uint32_t> kt(static_cast<size_t>(p.B * p.Hkv * kt_words), 0u);
   std::vector<float> madd(static_cast<size_t>(p.B * tkp), kNegInf);
+  std::vector<uint32_t> vpk(BF ? static_cast<size_t>(p.B * p.Hkv * (tkp / 2) * D) : 0u);
 #pragma omp parallel for collapse(2) num_threads(p.n_threads) schedule(static)
   for (int64_t b = 0; b < p.B; ++b) {
     for (int64_t hk = 0; hk < p.Hkv; ++hk) {
@@ -220,6 +246,22 @@ void run(const AttentionParams& p) {
           for (int w = 0; w < 16; ++w) _mm512_storeu_si512(ktp + (w0 + w) * tkp + j0, r[w]);
         }
       }
+      if (BF) {  // values as pairs of keys per head dim: word (jp, d) = (v[2jp][d], v[2jp+1][d])
+        uint32_t* vpp = vpk.data() + (b * p.Hkv + hk) * (tkp / 2) * D;
+        const uint16_t* vb = static_cast<const uint16_t*>(p.v) + b * p.v_sb + hk * p.v_sh;
+        const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
+                                                    23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+        for (int64_t jp = 0; jp < tkp / 2; ++jp)
+          for (int d0 = 0; d0 < D; d0 += 16) {
+            const int64_t ja = 2 * jp, jb = 2 * jp + 1;
+            const __m256i a = ja < p.Tk ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(vb + ja * p.v_st + d0))
+                                        : _mm256_setzero_si256();
+            const __m256i c = jb < p.Tk ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(vb + jb * p.v_st + d0))
+                                        : _mm256_setzero_si256();
+            const __m512i both = _mm512_inserti64x4(_mm512_castsi256_si512(a), c, 1);
+            _mm512_storeu_si512(vpp + jp * D + d0, _mm512_permutexvar_epi16(interleave, both));
+          }
+      }
       if (hk == 0)
         for (int64_t j = 0; j < p.Tk; ++j)
           madd[b * tkp + j] = (p.key_mask == nullptr || p.key_mask[b * p.km_sb + j]) ? 0.f : kNegInf;
@@ -232,9 +274,9 @@ void run(const AttentionParams& p) {
       for (int64_t t = 0; t < tiles; ++t) {
         const int64_t hk = h / group;
         const uint32_t* ktp = kt.data() + (b * p.Hkv + hk) * kt_words;
-        const int64_t v0 = b * p.v_sb + hk * p.v_sh;  // values are read in place (bf16 widened on load)
-        const void* vvp = BF ? static_cast<const void*>(static_cast<const uint16_t*>(p.v) + v0)
-                             : static_cast<const void*>(static_cast<const float*>(p.v) + v0);
+        // bf16: the packed value pairs; fp32: values read in place
+        const void* vvp = BF ? static_cast<const void*>(vpk.data() + (b * p.Hkv + hk) * (tkp / 2) * D)
+                             : static_cast<const void*>(static_cast<const float*>(p.v) + b * p.v_sb + hk * p.v_sh);
         const float* mp = madd.data() + b * tkp;
         const int64_t end = (t + 1) * kRowsPerTask < p.Tq ? (t + 1) * kRowsPerTask : p.Tq;
         for (int64_t i0 = t * kRowsPerTask; i0 < end; i0 += kRows) {
