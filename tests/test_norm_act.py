@@ -50,6 +50,33 @@ def test_swiglu(isa, dtype, R, D):
         torch.testing.assert_close(out, want, rtol=1e-5 if dtype == torch.float32 else 8e-3, atol=1e-6)
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("D", [16, 34, 64, 128])
+@pytest.mark.parametrize("per_row", [False, True])
+def test_rope_is_bit_identical(isa, dtype, D, per_row):
+    x = (torch.randn(2, 7, 3, D, generator=torch.Generator().manual_seed(D)) * 3).to(dtype).transpose(1, 2)
+    pos = torch.stack([torch.arange(7), torch.arange(7) + 3]) if per_row else torch.arange(7)
+    cos, sin = reference.rope_cos_sin(pos, D, 10000.0)
+    out = torch.empty(2, 7, 3, D, dtype=dtype).transpose(1, 2)
+    _C.rope(x, cos.contiguous(), sin.contiguous(), out, 2, isa)
+    assert torch.equal(out, reference.apply_rope(x, cos, sin))
+    assert torch.equal(ops.apply_rope(x, cos, sin), reference.apply_rope(x, cos, sin))
+
+
+def test_rope_argument_checks():
+    x = torch.zeros(1, 2, 3, 8)
+    cos = torch.zeros(3, 8)
+    with pytest.raises(ValueError, match="even"):
+        _C.rope(torch.zeros(1, 2, 3, 7), torch.zeros(3, 7), torch.zeros(3, 7), torch.zeros(1, 2, 3, 7))
+    with pytest.raises(ValueError, match="cos: dimension 0"):
+        _C.rope(x, torch.zeros(4, 8), cos, torch.zeros_like(x))
+    with pytest.raises((ValueError, TypeError), match="cos: expected dtype float32"):
+        _C.rope(x, cos.double(), cos, torch.zeros_like(x))
+    with pytest.raises((ValueError, TypeError), match="out: expected dtype"):
+        _C.rope(x, cos, cos, torch.zeros(1, 2, 3, 8, dtype=torch.bfloat16))
+
+
 def test_ops_use_them_for_bf16_and_match(monkeypatch):
     x = torch.randn(2, 7, 64).bfloat16()
     w = torch.rand(64).bfloat16()

@@ -62,6 +62,46 @@ void swiglu(py::handle gate_, py::handle up_, py::handle out_, int n_threads, co
   cpu::swiglu(p, isa);
 }
 
+void rope(py::handle x_, py::handle cos_, py::handle sin_, py::handle out_, int n_threads,
+          const py::object& isa_name) {
+  auto x = view(x_, "x"), c = view(cos_, "cos"), s = view(sin_, "sin"), out = view(out_, "out");
+  for (auto* t : {&x, &out}) {
+    t->expect_cpu();
+    t->expect_rank(4);
+    t->expect_inner_contiguous();
+  }
+  x.expect_dtype({DType::f32, DType::bf16});
+  ILLADA_CHECK_TYPE(out.dtype == x.dtype, "out: expected dtype " << dtype_name(x.dtype) << ", got "
+                                                                 << dtype_name(out.dtype));
+  for (int d = 0; d < 4; ++d) out.expect_dim(d, x.shape[d], "x's shape");
+  const int64_t B = x.shape[0], T = x.shape[2], D = x.shape[3];
+  ILLADA_CHECK(D % 2 == 0, "x: the head dimension must be even for rotate-half RoPE, got " << D);
+  for (auto* t : {&c, &s}) {
+    t->expect_cpu();
+    t->expect_dtype({DType::f32});
+    t->expect_contiguous();
+    ILLADA_CHECK(t->ndim() == 2 || t->ndim() == 3, t->name << ": expected [T, D] or [B, T, D], got " << t->shape_str());
+    if (t->ndim() == 3) t->expect_dim(0, B, "x.shape[0]");
+    t->expect_dim(t->ndim() - 2, T, "x.shape[2]");
+    t->expect_dim(t->ndim() - 1, D, "x.shape[3]");
+  }
+  ILLADA_CHECK(c.ndim() == s.ndim(), "sin: expected the rank of cos (" << c.ndim() << "), got " << s.ndim());
+  cpu::RopeParams p{};
+  p.x = x.data;
+  p.out = out.data;
+  p.bf16 = x.dtype == DType::bf16;
+  p.B = B, p.H = x.shape[1], p.T = T, p.D = D;
+  p.x_sb = x.strides[0], p.x_sh = x.strides[1], p.x_st = x.strides[2];
+  p.o_sb = out.strides[0], p.o_sh = out.strides[1], p.o_st = out.strides[2];
+  p.cos = c.ptr<float>();
+  p.sin = s.ptr<float>();
+  p.cs_sb = c.ndim() == 3 ? T * D : 0;
+  p.n_threads = threads_arg(n_threads);
+  const cpu::Isa isa = isa_arg(isa_name);
+  py::gil_scoped_release nogil;
+  cpu::rope(p, isa);
+}
+
 }  // namespace
 
 void register_norm_act(py::module_& m) {
@@ -70,6 +110,10 @@ void register_norm_act(py::module_& m) {
         "out = weight * round(x * rsqrt(mean(x^2) + eps)) per row, x [R, D] float32/bfloat16, weight [D] same dtype.");
   m.def("swiglu", &swiglu, py::arg("gate"), py::arg("up"), py::arg("out"), py::arg("n_threads") = 1,
         py::arg("isa") = py::none(), "out = round(silu(gate)) * up, [R, D] float32/bfloat16.");
+  m.def("rope", &rope, py::arg("x"), py::arg("cos"), py::arg("sin"), py::arg("out"), py::arg("n_threads") = 1,
+        py::arg("isa") = py::none(),
+        "Rotate-half RoPE: out = round(x * cos + rotate_half(x) * sin), x/out [B, H, T, D] float32/bfloat16 (any "
+        "strides, D contiguous), cos/sin [T, D] or [B, T, D] float32.");
 }
 
 }  // namespace illada::bind

@@ -2,6 +2,8 @@
 // match it to the last bit up to the order of a sum):
 //   rms_norm: y = x * rsqrt(mean(x^2) + eps) in fp32, rounded to x's dtype, then out = round(weight * y)
 //   swiglu:   out = round(round(silu(gate)) * up)
+//   rope:     rotate-half RoPE in fp32, out = round(x * cos + rotate_half(x) * sin) with separate roundings of
+//             the two products and the sum (no fused multiply-add), as the reference computes it
 #pragma once
 #include <cstdint>
 
@@ -19,6 +21,22 @@ struct RowsParams {
   float eps;
   int n_threads;
 };
+
+struct RopeParams {
+  const void* x;         // [B, H, T, D] via strides (elements), D contiguous
+  void* out;             // [B, H, T, D] via its strides, same dtype
+  bool bf16;
+  int64_t B, H, T, D;
+  int64_t x_sb, x_sh, x_st, o_sb, o_sh, o_st;
+  const float* cos;      // [T, D] or [B, T, D] fp32 contiguous
+  const float* sin;
+  int64_t cs_sb;         // batch stride of cos/sin: 0 when shared, T * D when per batch row
+  int n_threads;
+};
+
+void rope_generic(const RopeParams& p);
+void rope_avx512(const RopeParams& p);
+void rope(const RopeParams& p, Isa isa);
 
 void rms_norm_generic(const RowsParams& p);
 void rms_norm_avx512(const RowsParams& p);

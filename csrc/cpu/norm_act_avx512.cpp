@@ -52,6 +52,29 @@ void rms_norm_avx512(const RowsParams& p) {
   }
 }
 
+void rope_avx512(const RopeParams& p) {
+  const int64_t half = p.D / 2;
+#pragma omp parallel for collapse(3) num_threads(p.n_threads) schedule(static)
+  for (int64_t b = 0; b < p.B; ++b)
+    for (int64_t h = 0; h < p.H; ++h)
+      for (int64_t t = 0; t < p.T; ++t) {
+        const int64_t xo = b * p.x_sb + h * p.x_sh + t * p.x_st, oo = b * p.o_sb + h * p.o_sh + t * p.o_st;
+        const float* c = p.cos + b * p.cs_sb + t * p.D;
+        const float* s = p.sin + b * p.cs_sb + t * p.D;
+        for (int64_t d = 0; d < half; d += 16) {
+          const __mmask16 m = tail(half - d);
+          const __m512 x1 = ld(p.x, xo + d, m, p.bf16), x2 = ld(p.x, xo + half + d, m, p.bf16);
+          // separate multiplies and an add (intrinsics are never contracted into FMAs)
+          const __m512 lo = _mm512_sub_ps(_mm512_mul_ps(x1, _mm512_maskz_loadu_ps(m, c + d)),
+                                          _mm512_mul_ps(x2, _mm512_maskz_loadu_ps(m, s + d)));
+          const __m512 hi = _mm512_add_ps(_mm512_mul_ps(x2, _mm512_maskz_loadu_ps(m, c + half + d)),
+                                          _mm512_mul_ps(x1, _mm512_maskz_loadu_ps(m, s + half + d)));
+          st(p.out, oo + d, lo, m, p.bf16);
+          st(p.out, oo + half + d, hi, m, p.bf16);
+        }
+      }
+}
+
 void swiglu_avx512(const RowsParams& p) {
   const __m512 one = _mm512_set1_ps(1.0f);
 #pragma omp parallel for num_threads(p.n_threads) schedule(static)

@@ -43,6 +43,34 @@ void swiglu_generic(const RowsParams& p) {
     }
 }
 
+void rope_generic(const RopeParams& p) {
+  const int64_t half = p.D / 2;
+#pragma omp parallel for collapse(3) num_threads(p.n_threads) schedule(static)
+  for (int64_t b = 0; b < p.B; ++b)
+    for (int64_t h = 0; h < p.H; ++h)
+      for (int64_t t = 0; t < p.T; ++t) {
+        const int64_t xo = b * p.x_sb + h * p.x_sh + t * p.x_st, oo = b * p.o_sb + h * p.o_sh + t * p.o_st;
+        const float* c = p.cos + b * p.cs_sb + t * p.D;
+        const float* s = p.sin + b * p.cs_sb + t * p.D;
+        for (int64_t d = 0; d < p.D; ++d) {
+          const float x = ld(p.x, xo + d, p.bf16);
+          const float other = d < half ? -ld(p.x, xo + d + half, p.bf16) : ld(p.x, xo + d - half, p.bf16);
+          volatile float a = x * c[d];   // volatile: two roundings and a sum, never a fused multiply-add
+          volatile float r = other * s[d];
+          st(p.out, oo + d, a + r, p.bf16);
+        }
+      }
+}
+
+void rope(const RopeParams& p, Isa isa) {
+  if (p.B == 0 || p.H == 0 || p.T == 0 || p.D == 0) return;
+#if defined(ILLADA_HAVE_AVX512)
+  if (isa >= Isa::avx512) return rope_avx512(p);
+#endif
+  (void)isa;
+  rope_generic(p);
+}
+
 void rms_norm(const RowsParams& p, Isa isa) {
   if (p.rows == 0 || p.D == 0) return;
 #if defined(ILLADA_HAVE_AVX512)

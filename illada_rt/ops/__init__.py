@@ -39,7 +39,19 @@ def use_cpu_kernel(*tensors: torch.Tensor) -> bool:
 # The model-side ops run through torch (oneDNN/MKL on CPU, cuBLAS/cuDNN on GPU) until the fused kernels
 # of the CPU and CUDA kernel work land; they keep their place here so callers never change.
 rope_cos_sin = reference.rope_cos_sin
-apply_rope = reference.apply_rope
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half RoPE (reference.apply_rope), fused on AVX-512 CPUs: bit-identical to the reference in fp32 and
+    bf16 (same roundings, no FMA). x [B, H, T, D]; the result is a [B, H, T, D] view of a [B, T, H, D] buffer."""
+    if (x.dim() == 4 and use_cpu_kernel(x, cos, sin) and cpu_isa() in ("avx512", "amx")
+            and x.dtype in (torch.float32, torch.bfloat16) and x.stride(-1) == 1 and x.shape[-1] % 2 == 0
+            and cos.dtype == torch.float32 and sin.dtype == torch.float32 and cos.dim() in (2, 3)):
+        B, H, T, D = x.shape
+        out = torch.empty(B, T, H, D, dtype=x.dtype).transpose(1, 2)
+        _C.rope(x, cos.contiguous(), sin.contiguous(), out, _threads())
+        return out
+    return reference.apply_rope(x, cos, sin)
 
 
 def _fused_rows_ok(*tensors: torch.Tensor) -> bool:
