@@ -57,6 +57,13 @@ def capabilities() -> dict:
         "sample_greedy": {"cpu": f"_C ({status['cpu']['isa'].replace('amx', 'avx512')})"
                           if status["_C"] and status["kernel_mode"] == "auto"
                           and status["cpu"]["isa"] in ("avx512", "amx") else "reference", "cuda": "reference"},
+        "rms_norm, swiglu": {"cpu": "_C (avx512) for bf16, torch otherwise" if status["_C"]
+                             and status["kernel_mode"] == "auto" and status["cpu"]["isa"] in ("avx512", "amx")
+                             else "torch", "cuda": "torch"},
+        "rope": {"cpu": "_C (avx512)" if status["_C"] and status["kernel_mode"] == "auto"
+                 and status["cpu"]["isa"] in ("avx512", "amx") else "torch", "cuda": "torch"},
+        "gemm_fp8w": {"cpu": "_C (avx512) for bf16 compute" if status["_C"] and status["kernel_mode"] == "auto"
+                      and status["cpu"]["isa"] in ("avx512", "amx") else "dequantized + torch", "cuda": "reference"},
         # no AMX variant yet: an AMX CPU runs the AVX-512 VNNI kernel
         "gemm_w8a8": {"cpu": f"_C ({status['cpu']['isa'].replace('amx', 'avx512')})"
                       if status["_C"] and status["kernel_mode"] == "auto" else "reference", "cuda": "reference"},
