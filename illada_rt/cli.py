@@ -81,6 +81,9 @@ def _quant_info(cfg, caps) -> str | None:
         return None
     if sch.scheme == "int8" and sch.granularity == "channel":
         runs = f"W8A8 kernel {caps['kernels']['gemm_w8a8']['cpu']} on CPU"
+    elif sch.scheme == "fp8" and sch.granularity in ("channel", "tensor"):
+        runs = (f"FP8-weight kernel {caps['kernels']['gemm_fp8w']['cpu']} on CPU; otherwise weights dequantized "
+                f"to the compute dtype at load")
     else:
         runs = "weights dequantized to the compute dtype at load (torch GEMMs)"
     ignore = f", {len(sch.ignore)} weights left unquantized" if sch.ignore else ""
