@@ -60,21 +60,28 @@ def quantize_weight(w: torch.Tensor, scheme: str, granularity: str = "channel") 
     N, K = w.shape
     q = torch.empty((N, K), dtype=SCHEMES[scheme])
     scales = []
+    # One fp32 work buffer reused for every chunk, and in-place ops: no per-chunk allocations (repeated large
+    # temporaries made glibc's heap hold on to ~1.5 GB while quantizing an 8B model's LM head).
+    buf = torch.empty((min(ROW_CHUNK, N), K), dtype=torch.float32)
+    absbuf = torch.empty_like(buf) if granularity == "channel" else None
     for r0 in range(0, N, ROW_CHUNK):
-        wf = w[r0:r0 + ROW_CHUNK].float()
+        rows = min(ROW_CHUNK, N - r0)
+        wf = buf[:rows]
+        wf.copy_(w[r0:r0 + rows])
         if granularity == "channel":
-            amax = wf.abs().amax(dim=1) if K else torch.zeros(wf.shape[0])
+            amax = torch.abs(wf, out=absbuf[:rows]).amax(dim=1) if K else torch.zeros(rows)
         else:
             blocks, _, _ = _block_view(wf)
             amax = blocks.abs().amax(dim=(1, 3))
         if not torch.isfinite(amax).all():
             raise ValueError("quantize_weight: the weight holds inf or NaN")
         scale = torch.where(amax > 0, amax / QMAX[scheme], torch.ones_like(amax)).to(torch.float32)
-        x = wf / _expand_scale(scale, *wf.shape, granularity)  # not in place: wf may be the caller's tensor
+        wf.div_(_expand_scale(scale, rows, K, granularity))
         if scheme == "int8":
-            q[r0:r0 + ROW_CHUNK] = torch.round(x).clamp_(-127, 127).to(torch.int8)
+            wf.round_().clamp_(-127, 127)
         else:
-            q[r0:r0 + ROW_CHUNK] = x.clamp_(-448.0, 448.0).to(torch.float8_e4m3fn)
+            wf.clamp_(-448.0, 448.0)
+        q[r0:r0 + rows].copy_(wf)  # exact for int8 (integral values); round-to-nearest-even into e4m3
         scales.append(scale)
     scale = torch.cat(scales) if scales else torch.empty((0,) if granularity == "channel" else (0, math.ceil(K / BLOCK)))
     return q, scale
