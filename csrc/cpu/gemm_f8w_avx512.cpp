@@ -90,32 +90,23 @@ void gemm_f8w_avx512(const GemmF8Params& p) {
     for (int64_t m = 0; m < p.M; ++m) std::memcpy(padded.data() + m * ldxs, p.x + m * p.ldx, p.K * 2);
     xs = padded.data();
   }
-  const int64_t NB = round_up(p.N, 16) / 16;
-  const int64_t panels = (NB + kNV - 1) / kNV;
-  const int64_t row_tasks = (p.M + kRowsPerTask - 1) / kRowsPerTask;
-#pragma omp parallel for collapse(2) num_threads(p.n_threads) schedule(static)
-  for (int64_t mt = 0; mt < row_tasks; ++mt) {
-    for (int64_t panel = 0; panel < panels; ++panel) {
-      alignas(64) __m512i scratch[kNV * kK2Block];
-      alignas(64) float partial[kRowsPerTask * kNV * 16];
-      const int64_t nb0 = panel * kNV;
-      const int nv = static_cast<int>(NB - nb0 < kNV ? NB - nb0 : kNV);
-      const int64_t m_begin = mt * kRowsPerTask;
-      const int64_t m_end = m_begin + kRowsPerTask < p.M ? m_begin + kRowsPerTask : p.M;
-      for (int64_t k0 = 0; k0 < p.K2 || k0 == 0; k0 += kK2Block) {
-        const int64_t k1 = k0 + kK2Block < p.K2 ? k0 + kK2Block : p.K2;
-        for (int j = 0; j < nv; ++j)
-          for (int64_t k2 = k0; k2 < k1; ++k2)
-            scratch[j * kK2Block + (k2 - k0)] = widen(_mm256_loadu_si256(
-                reinterpret_cast<const __m256i*>(p.w_packed + ((nb0 + j) * p.K2 + k2) * 32)));
-        for (int64_t m0 = m_begin; m0 < m_end; m0 += kMR) {
-          const int mr = static_cast<int>(m_end - m0 < kMR ? m_end - m0 : kMR);
-          avx512::pick_tile<TileF8>(mr, nv)(p, xs, ldxs, m0, nb0, k0, k1, scratch, partial + (m0 - m_begin) * kNV * 16);
-        }
-        if (p.K2 == 0) break;
+  avx512::for_each_gemm_task(p.M, p.N, kRowsPerTask, kNV, p.n_threads,
+                             [&](int64_t m_begin, int64_t m_end, int64_t nb0, int nv) {
+    alignas(64) __m512i scratch[kNV * kK2Block];
+    alignas(64) float partial[kRowsPerTask * kNV * 16];
+    for (int64_t k0 = 0; k0 < p.K2 || k0 == 0; k0 += kK2Block) {
+      const int64_t k1 = k0 + kK2Block < p.K2 ? k0 + kK2Block : p.K2;
+      for (int j = 0; j < nv; ++j)
+        for (int64_t k2 = k0; k2 < k1; ++k2)
+          scratch[j * kK2Block + (k2 - k0)] = widen(_mm256_loadu_si256(
+              reinterpret_cast<const __m256i*>(p.w_packed + ((nb0 + j) * p.K2 + k2) * 32)));
+      for (int64_t m0 = m_begin; m0 < m_end; m0 += kMR) {
+        const int mr = static_cast<int>(m_end - m0 < kMR ? m_end - m0 : kMR);
+        avx512::pick_tile<TileF8>(mr, nv)(p, xs, ldxs, m0, nb0, k0, k1, scratch, partial + (m0 - m_begin) * kNV * 16);
       }
+      if (p.K2 == 0) break;
     }
-  }
+  });
 }
 
 }  // namespace illada::cpu

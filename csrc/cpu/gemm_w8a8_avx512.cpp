@@ -136,26 +136,17 @@ void gemm_s8_avx512(const GemmS8Params& in) {
     p.a = shifted.data();
     p.lda = Kp;
   }
-  const int64_t NB = round_up(p.N, 16) / 16;
-  const int64_t panels = (NB + kNV - 1) / kNV;
-  const int64_t row_tasks = (p.M + kRowsPerTask - 1) / kRowsPerTask;
-#pragma omp parallel for collapse(2) num_threads(p.n_threads) schedule(static)
-  for (int64_t mt = 0; mt < row_tasks; ++mt) {
-    for (int64_t panel = 0; panel < panels; ++panel) {
-      alignas(64) int32_t scratch[kRowsPerTask * kNV * 16];
-      const int64_t nb0 = panel * kNV;
-      const int nv = static_cast<int>(NB - nb0 < kNV ? NB - nb0 : kNV);
-      const int64_t m_begin = mt * kRowsPerTask;
-      const int64_t m_end = m_begin + kRowsPerTask < p.M ? m_begin + kRowsPerTask : p.M;
-      for (int64_t k0 = 0; k0 < p.K4 || k0 == 0; k0 += kK4Block) {
-        const int64_t k1 = k0 + kK4Block < p.K4 ? k0 + kK4Block : p.K4;
-        for (int64_t m0 = m_begin; m0 < m_end; m0 += kMR) {
-          const int mr = static_cast<int>(m_end - m0 < kMR ? m_end - m0 : kMR);
-          avx512::pick_tile<TileS8>(mr, nv)(p, m0, nb0, k0, k1, scratch + (m0 - m_begin) * kNV * 16);
-        }
+  avx512::for_each_gemm_task(p.M, p.N, kRowsPerTask, kNV, p.n_threads,
+                             [&](int64_t m_begin, int64_t m_end, int64_t nb0, int nv) {
+    alignas(64) int32_t scratch[kRowsPerTask * kNV * 16];
+    for (int64_t k0 = 0; k0 < p.K4 || k0 == 0; k0 += kK4Block) {
+      const int64_t k1 = k0 + kK4Block < p.K4 ? k0 + kK4Block : p.K4;
+      for (int64_t m0 = m_begin; m0 < m_end; m0 += kMR) {
+        const int mr = static_cast<int>(m_end - m0 < kMR ? m_end - m0 : kMR);
+        avx512::pick_tile<TileS8>(mr, nv)(p, m0, nb0, k0, k1, scratch + (m0 - m_begin) * kNV * 16);
       }
     }
-  }
+  });
 }
 
 }  // namespace illada::cpu
