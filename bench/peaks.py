@@ -18,3 +18,31 @@ def measured_peaks() -> dict:
     peaks = {k: _C.measure_peak_ops(k, threads) for k in KINDS}
     return {"threads": threads, "isa": _C.cpu_isa(), "clock_ghz": round(_C.measure_clock_ghz(), 3),
             **{f"{k}_gops": round(v / 1e9, 1) for k, v in peaks.items()}}
+
+
+@functools.lru_cache(maxsize=None)
+def measured_gpu_peaks() -> dict:
+    """This GPU's ceilings, measured in the same session (METHOD.md's "two numbers"): the bf16 matrix rate of an
+    8192^3 torch.matmul on random data, and device-to-device copy bandwidth counting bytes read plus written. Keys
+    follow measured_peaks(): bf16_mma_gops, copy_gbps."""
+    dev = torch.device("cuda")
+    a = torch.randn(8192, 8192, device=dev, dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device=dev, dtype=torch.bfloat16)
+    src = torch.randn(2 * 1024 ** 3 // 4, device=dev)  # 2 GiB
+    dst = torch.empty_like(src)
+
+    def timed(fn, n):
+        for _ in range(3):
+            fn()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(n):
+            fn()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end) / 1e3 / n
+
+    mm = timed(lambda: torch.matmul(a, b), 10)
+    cp = timed(lambda: dst.copy_(src), 10)
+    return {"device": torch.cuda.get_device_name(dev), "bf16_mma_gops": round(2 * 8192 ** 3 / mm / 1e9, 1),
+            "copy_gbps": round(2 * 2 * 1024 ** 3 / cp / 1e9, 1)}

@@ -24,7 +24,7 @@ def rows_from(paths: list[Path]) -> list[dict]:
             info = b.get("extra_info", {})
             if "op" not in info or "group" not in info:
                 continue
-            median = b["stats"]["median"]
+            median = b["stats"]["median"] / info.get("calls_per_round", 1)  # GPU benches time several launches
             row = {"op": info["op"], "shape": info["group"], "impl": info["impl"], "median_ms": median * 1e3,
                    "baseline": info.get("baseline")}
             peaks = info.get("peaks") or {}

@@ -41,22 +41,29 @@ def _attention_cpu(status) -> str:
     return "torch"
 
 
+def _attention_cuda(kernel_status: str) -> str:
+    text = kernel_status.replace("reference", "torch SDPA", 1)
+    return text + (" for bf16/fp16 with head dim 64/128, torch SDPA otherwise" if text.startswith("_C_cuda") else "")
+
+
 def capabilities() -> dict:
     """What this install has and what will run: compiled modules, CUDA archs and devices, kernel mode, CPU."""
     from . import ops
 
     status = ops.compiled_status()
+    status["cuda_kernels"] = ops._cuda.status()
+    cuda = status["cuda_kernels"]
     status["cpu"] = _cpu_info()
     status["kernel_mode"] = ops.kernel_mode()
     status["kernels"] = {
         "select_confident": {"cpu": "_C" if status["_C"] and status["kernel_mode"] == "auto" else "reference",
-                             "cuda": "reference"},
-        "attention": {"cpu": _attention_cpu(status), "cuda": "torch"},
+                             "cuda": cuda["select_transfer"]},
+        "attention": {"cpu": _attention_cpu(status), "cuda": _attention_cuda(cuda["attention"])},
         "gemm": {"cpu": "torch", "cuda": "torch"},
         # greedy sampling (argmax + confidence): the kernel below AVX-512 is slower than PyTorch, which runs there
         "sample_greedy": {"cpu": f"_C ({status['cpu']['isa'].replace('amx', 'avx512')})"
                           if status["_C"] and status["kernel_mode"] == "auto"
-                          and status["cpu"]["isa"] in ("avx512", "amx") else "reference", "cuda": "reference"},
+                          and status["cpu"]["isa"] in ("avx512", "amx") else "reference", "cuda": cuda["sample_tokens"]},
         "rms_norm, swiglu": {"cpu": "_C (avx512) for bf16, torch otherwise" if status["_C"]
                              and status["kernel_mode"] == "auto" and status["cpu"]["isa"] in ("avx512", "amx")
                              else "torch", "cuda": "torch"},

@@ -89,6 +89,19 @@ struct TensorView {
     ILLADA_CHECK(device_type == dlpack::kCPU || device_type == dlpack::kCUDAHost,
                  name << ": expected a CPU tensor, got DLPack device type " << device_type);
   }
+  // A CUDA tensor on `device` (the device the kernels will launch on).
+  void expect_cuda(int device) const {
+    ILLADA_CHECK(device_type == dlpack::kCUDA,
+                 name << ": expected a CUDA tensor, got " << (device_type == dlpack::kCPU ? "a CPU tensor"
+                                                                                           : "DLPack device type "
+                                                                                             + std::to_string(device_type)));
+    ILLADA_CHECK(device_id == device,
+                 name << ": expected a tensor on cuda:" << device << ", got one on cuda:" << device_id);
+  }
+  void expect_aligned(int bytes) const {
+    ILLADA_CHECK(reinterpret_cast<uintptr_t>(data) % bytes == 0,
+                 name << ": data pointer must be " << bytes << "-byte aligned (pass a fresh .contiguous() tensor)");
+  }
   // Innermost dimension contiguous (row stride free): lets kernels work on slices of a larger canvas.
   void expect_inner_contiguous() const {
     ILLADA_CHECK(ndim() == 0 || shape.back() <= 1 || strides.back() == 1,
@@ -115,13 +128,21 @@ struct TensorView {
   int64_t row_stride() const { return ndim() >= 2 ? strides[ndim() - 2] : 0; }
 };
 
-inline TensorView view(py::handle obj, const char* name) {
+// no_sync: for a CUDA tensor, ask the producer for no stream synchronization (`__dlpack__(stream=-1)`): the kernels
+// run on the caller's current stream, the one that produced the data, and a sync with the legacy default stream
+// would both cost time and break CUDA-graph capture.
+inline TensorView view(py::handle obj, const char* name, bool no_sync = false) {
   TensorView v;
   v.name = name;
   ILLADA_CHECK_TYPE(!obj.is_none(), name << ": expected a tensor, got None");
   ILLADA_CHECK_TYPE(py::hasattr(obj, "__dlpack__"),
                     name << ": expected a tensor supporting __dlpack__, got " << std::string(py::str(obj.get_type())));
-  py::object cap = obj.attr("__dlpack__")();
+  bool on_cuda = false;
+  if (no_sync && py::hasattr(obj, "__dlpack_device__")) {
+    py::tuple dev = obj.attr("__dlpack_device__")();
+    on_cuda = dev.size() >= 1 && dev[0].cast<int>() == dlpack::kCUDA;
+  }
+  py::object cap = on_cuda ? obj.attr("__dlpack__")(py::arg("stream") = -1) : obj.attr("__dlpack__")();
   ILLADA_CHECK_TYPE(PyCapsule_IsValid(cap.ptr(), "dltensor"), name << ": __dlpack__ did not return a DLPack capsule");
   auto* mt = static_cast<dlpack::ManagedTensor*>(PyCapsule_GetPointer(cap.ptr(), "dltensor"));
   ILLADA_CHECK(mt != nullptr, name << ": empty DLPack capsule");

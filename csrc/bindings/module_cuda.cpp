@@ -8,8 +8,18 @@
 
 #include "../common/check.h"
 #include "../cuda/toolchain_check.cuh"
+#include "cuda_registry.h"
 
 namespace py = pybind11;
+
+namespace illada::bind {
+void check_current_device(int device) {
+  const int current = cuda::current_device();
+  ILLADA_CHECK(current == device, "device: the tensors are on cuda:" << device << " but the current CUDA device is "
+                                      << (current < 0 ? std::string("unavailable") : "cuda:" + std::to_string(current))
+                                      << " (use torch.cuda.device(...))");
+}
+}  // namespace illada::bind
 
 #ifndef ILLADA_CUDA_ARCHS
 #define ILLADA_CUDA_ARCHS ""
@@ -18,8 +28,11 @@ namespace py = pybind11;
 PYBIND11_MODULE(_C_cuda, m) {
   m.doc() = "illada-rt CUDA kernels";
   py::register_exception<illada::Error>(m, "KernelArgumentError", PyExc_ValueError);
+  illada::bind::register_cuda_attention(m);
+  illada::bind::register_cuda_sampling(m);
+  m.def("current_device", &illada::cuda::current_device, "The calling thread's current CUDA device, or -1.");
   m.def("compiled_archs", [] { return std::string(ILLADA_CUDA_ARCHS); },
-        "Semicolon-separated CUDA architectures this module was compiled for (CMAKE_CUDA_ARCHITECTURES).");
+        "Comma-separated CUDA architectures this module was compiled for (CMAKE_CUDA_ARCHITECTURES).");
   m.def("device_count", &illada::cuda::device_count, "Visible CUDA devices (0 without a driver or GPU).");
   m.def("device_sm", &illada::cuda::device_sm, py::arg("device") = 0,
         "Compute capability of a device as major*10+minor, or -1.");

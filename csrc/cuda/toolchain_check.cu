@@ -29,6 +29,15 @@ int device_sm(int device) {
   return prop.major * 10 + prop.minor;
 }
 
+int current_device() {
+  int d = -1;
+  if (cudaGetDevice(&d) != cudaSuccess) {
+    cudaGetLastError();
+    return -1;
+  }
+  return d;
+}
+
 std::string square_indices(int64_t n, int64_t* out_host) {
   if (n <= 0) return {};
   int64_t* dev = nullptr;

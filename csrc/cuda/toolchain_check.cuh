@@ -1,5 +1,5 @@
-// A deliberately small CUDA kernel that proves the toolchain path end to end (nvcc -> _C_cuda -> Python).
-// The real CUDA kernels (attention, sampling, GEMMs) replace this in later work.
+// Device queries, and a deliberately small kernel that proves the toolchain path end to end
+// (nvcc -> _C_cuda -> Python) on a machine with a GPU.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -11,6 +11,9 @@ int device_count();
 
 // Compute capability of `device` as major*10 + minor, or -1 if it cannot be queried.
 int device_sm(int device);
+
+// The calling thread's current CUDA device, or -1 when none can be queried.
+int current_device();
 
 // Fills out[i] = i * i for i < n on the GPU and copies it back; returns an empty string on success or
 // the CUDA error text on failure.

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from . import cuda as _cuda
 from . import reference
 
 try:  # the compiled CPU kernels; absent only in a broken or source-only install
@@ -34,6 +35,12 @@ def kernel_mode() -> str:
 
 def use_cpu_kernel(*tensors: torch.Tensor) -> bool:
     return _C is not None and kernel_mode() == "auto" and all(t.device.type == "cpu" for t in tensors)
+
+
+def use_cuda_kernel(name: str, *tensors: torch.Tensor) -> bool:
+    """Whether CUDA kernel `name` runs for these tensors (all on one CUDA device; rule in ops/cuda.py)."""
+    dev = tensors[0].device
+    return dev.type == "cuda" and all(t.device == dev for t in tensors) and _cuda.kernel_enabled(name, dev)
 
 
 # The model-side ops run through torch (oneDNN/MKL on CPU, cuBLAS/cuDNN on GPU) until the fused kernels
@@ -92,6 +99,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     mode = os.environ.get("ILLADA_RT_ATTENTION", "auto").strip().lower() or "auto"
     if mode not in ("auto", "kernel", "torch"):
         raise ValueError(f"ILLADA_RT_ATTENTION must be auto, kernel or torch, got {mode!r}")
+    if (q.is_cuda and mode != "torch" and _cuda.attention_eligible(q, k, v)
+            and (key_mask is None or tuple(key_mask.shape) == (q.shape[0], k.shape[2]))
+            and use_cuda_kernel("attention", q, k, v, *(() if key_mask is None else (key_mask,)))):
+        return _cuda.attention(q, k, v, key_mask)
     usable = (mode != "torch" and use_cpu_kernel(q, k, v) and q.dtype in (torch.float32, torch.bfloat16)
               and k.dtype == q.dtype and v.dtype == q.dtype and q.stride(-1) == 1 and k.stride(-1) == 1
               and v.stride(-1) == 1)
@@ -112,7 +123,10 @@ def select_confident(confidence: torch.Tensor, x0: torch.Tensor, k: torch.Tensor
     confidence [B, L] float32/float64, x0 [B, L] int64, k [B] int64, tokens [B, L] int64 (may be a slice
     of the canvas). Ties go to the lower position.
     """
-    if use_cpu_kernel(confidence, x0, k, tokens):
+    if (tokens.is_cuda and _cuda.select_eligible(confidence, tokens) and x0.dtype == torch.int64
+            and use_cuda_kernel("select_transfer", confidence, x0, tokens)):
+        _cuda.select_transfer(confidence, x0, tokens, mask_id, k=k, transferred=transferred)
+    elif use_cpu_kernel(confidence, x0, k, tokens):
         _C.select_confident(confidence, x0, k, tokens, int(mask_id), transferred)
     else:
         reference.select_confident(confidence, x0, k, tokens, mask_id, transferred)
@@ -122,7 +136,11 @@ def sample_greedy(logits: torch.Tensor, conf_dtype: torch.dtype = torch.float32)
     """logits [..., V] float32/bfloat16 -> (token [...] int64 = argmax, confidence [...] = its softmax probability
     in conf_dtype: float32, or float64 computed in double precision as a float64 softmax is). The compiled kernel
     runs where the CPU has AVX-512 (its portable version is slower than PyTorch's vectorized softmax, so below
-    AVX-512 this is the reference)."""
+    AVX-512 this is the reference). On CUDA the sampling kernel runs when enabled (ops/cuda.py)."""
+    if (logits.is_cuda and conf_dtype in (torch.float32, torch.float64) and logits.shape[-1] > 0
+            and logits.dtype in (torch.float32, torch.bfloat16, torch.float16)
+            and use_cuda_kernel("sample_tokens", logits)):
+        return _cuda.sample_tokens(logits, conf_dtype)[:2]
     if not (use_cpu_kernel(logits) and cpu_isa() in ("avx512", "amx") and conf_dtype in (torch.float32, torch.float64)
             and logits.dtype in (torch.float32, torch.bfloat16) and logits.shape[-1] > 0):
         p = F.softmax(logits.to(conf_dtype), dim=-1)

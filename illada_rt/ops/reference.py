@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -110,3 +111,62 @@ def linear_fp8w(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tenso
     (x . weight^T) in fp32, then scaled per channel."""
     out = (x.float() @ weight.float().T) * weight_scale.float()
     return out.to(out_dtype or x.dtype)
+
+
+def philox4x32_10(counter: np.ndarray, key: tuple[int, int]) -> np.ndarray:
+    """Philox4x32-10 (Salmon et al., SC'11) over a batch of counters: counter uint32 [..., 4] -> uint32 [..., 4].
+    The CUDA sampling kernel draws its Gumbel noise with the same function."""
+    c = counter.astype(np.uint64)
+    k0, k1 = np.uint64(key[0] & 0xFFFFFFFF), np.uint64(key[1] & 0xFFFFFFFF)
+    mask = np.uint64(0xFFFFFFFF)
+    for _ in range(10):
+        p0 = np.uint64(0xD2511F53) * c[..., 0]
+        p1 = np.uint64(0xCD9E8D57) * c[..., 2]
+        c = np.stack([((p1 >> np.uint64(32)) ^ c[..., 1] ^ k0) & mask, p1 & mask,
+                      ((p0 >> np.uint64(32)) ^ c[..., 3] ^ k1) & mask, p0 & mask], axis=-1)
+        k0 = (k0 + np.uint64(0x9E3779B9)) & mask
+        k1 = (k1 + np.uint64(0xBB67AE85)) & mask
+    return c.astype(np.uint32)
+
+
+def gumbel_noise(rows: int, vocab: int, seed: int, offset: int = 0, row_ids=None) -> torch.Tensor:
+    """The CUDA sampling kernel's Gumbel noise, float32 [rows, vocab]: for row r (counter id row_ids[r], default r)
+    and index v, word v % 4 of Philox(counter = (v // 4, id & 0xffffffff, offset & 0xffffffff,
+    (offset >> 32) ^ (id >> 32)), key = (seed & 0xffffffff, seed >> 32)), mapped to u = ((w >> 8) + 0.5) / 2^24 and
+    then g = -log(-log(u)) in float32."""
+    ids = np.arange(rows, dtype=np.uint64) if row_ids is None else np.asarray(row_ids, dtype=np.int64).astype(np.uint64)
+    n4 = (vocab + 3) // 4
+    ctr = np.zeros((rows, n4, 4), dtype=np.uint64)
+    ctr[..., 0] = np.arange(n4, dtype=np.uint64)[None, :]
+    ctr[..., 1] = (ids & np.uint64(0xFFFFFFFF))[:, None]
+    ctr[..., 2] = np.uint64(offset & 0xFFFFFFFF)
+    ctr[..., 3] = (np.uint64((offset >> 32) & 0xFFFFFFFF) ^ (ids >> np.uint64(32)))[:, None]
+    words = philox4x32_10(ctr, (seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF)).reshape(rows, n4 * 4)[:, :vocab]
+    u = ((words >> 8).astype(np.float32) + np.float32(0.5)) * np.float32(1.0 / 16777216.0)
+    return torch.from_numpy(-np.log(-np.log(u)))
+
+
+def sample_gumbel(logits: torch.Tensor, temperature: float, seed: int, offset: int = 0, row_ids=None) -> torch.Tensor:
+    """Gumbel-max over rows of logits [R, V]: argmax(logits + temperature * gumbel_noise(...)), the CUDA kernel's
+    rule (LLaDA's add_gumbel_noise, exp(l) / (-log u)^T, has the same argmax)."""
+    g = gumbel_noise(logits.shape[0], logits.shape[1], seed, offset, row_ids).to(logits.device)
+    return torch.argmax(logits.float() + temperature * g, dim=-1)
+
+
+def select_threshold(confidence: torch.Tensor, x0: torch.Tensor, tokens: torch.Tensor, mask_id: int,
+                     threshold: float) -> torch.Tensor:
+    """Fast-dLLM's threshold transfer, per row (in place): sort the masked positions by confidence, transfer the
+    first always and each following one whose confidence is >= threshold. Returns the transfer mask [B, L]."""
+    take = torch.zeros(tokens.shape, dtype=torch.bool, device=tokens.device)
+    for b in range(tokens.shape[0]):
+        cand = tokens[b] == mask_id
+        n = int(cand.sum())
+        if n == 0:
+            continue
+        conf = torch.where(cand, confidence[b].double(), torch.full_like(confidence[b], float("-inf"), dtype=torch.float64))
+        order = torch.topk(conf, n).indices
+        keep = conf[order] >= threshold
+        keep[0] = True
+        take[b, order[keep]] = True
+    tokens[take] = x0[take]
+    return take

@@ -1,0 +1,42 @@
+// Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC'11): a counter-based generator,
+// so every (seed, row, vocabulary index) gets its own noise with no state and no ordering between threads.
+// Host and device share this code; the host copy is exposed for known-answer tests (Random123's vectors).
+#pragma once
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define ILLADA_HD __host__ __device__ __forceinline__
+#else
+#define ILLADA_HD inline
+#endif
+
+namespace illada::cuda {
+
+struct Philox4 {
+  uint32_t v[4];
+};
+
+ILLADA_HD void philox_mulhilo(uint32_t a, uint32_t b, uint32_t& hi, uint32_t& lo) {
+  const uint64_t prod = static_cast<uint64_t>(a) * b;
+  hi = static_cast<uint32_t>(prod >> 32);
+  lo = static_cast<uint32_t>(prod);
+}
+
+// ctr: 4 words of counter; key: 2 words; 10 rounds.
+ILLADA_HD Philox4 philox4x32_10(Philox4 ctr, uint32_t k0, uint32_t k1) {
+  constexpr uint32_t kM0 = 0xD2511F53u, kM1 = 0xCD9E8D57u, kW0 = 0x9E3779B9u, kW1 = 0xBB67AE85u;
+  for (int round = 0; round < 10; ++round) {
+    uint32_t hi0, lo0, hi1, lo1;
+    philox_mulhilo(kM0, ctr.v[0], hi0, lo0);
+    philox_mulhilo(kM1, ctr.v[2], hi1, lo1);
+    ctr = Philox4{{hi1 ^ ctr.v[1] ^ k0, lo1, hi0 ^ ctr.v[3] ^ k1, lo0}};
+    k0 += kW0;
+    k1 += kW1;
+  }
+  return ctr;
+}
+
+// A uniform in the open interval (0, 1) from the top 24 bits of a word: (x >> 8) * 2^-24 + 2^-25.
+ILLADA_HD float uniform_open01(uint32_t x) { return (static_cast<float>(x >> 8) + 0.5f) * (1.0f / 16777216.0f); }
+
+}  // namespace illada::cuda

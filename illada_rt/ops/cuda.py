@@ -1,0 +1,196 @@
+"""The CUDA kernels (`_C_cuda`) and the rule that decides when they run.
+
+A kernel runs by default only once it has passed its GPU tests on a real GPU (`VERIFIED`, filled in from the
+results of `bench/gpu_check.sh`); until then CUDA tensors go through the PyTorch reference ops, which are correct on
+GPU through torch. `ILLADA_RT_CUDA_KERNELS` overrides the rule:
+
+- `verified` (default): the kernels in VERIFIED;
+- `all`: every compiled kernel (what the GPU tests and benches use);
+- `none`: none;
+- a comma-separated list of kernel names (`attention,sample_tokens`).
+
+`ILLADA_RT_KERNELS=reference` turns every kernel off, CUDA ones included. A kernel that is asked for by name or by
+`all` on a GPU it was not compiled for raises "not compiled for sm_XX"; under `verified` it quietly falls back.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+KERNELS = ("attention", "sample_tokens", "select_transfer")
+
+# Kernels that passed their GPU tests (pytest -m gpu) on a real GPU. None has yet: no GPU was available where
+# they were written (see the README's "CUDA kernels" section for what remains).
+VERIFIED: frozenset[str] = frozenset()
+
+try:
+    from .. import _C_cuda  # type: ignore[attr-defined]
+except ImportError as _e:  # no CUDA compiler at build time
+    _C_cuda = None
+    _IMPORT_ERROR: str | None = str(_e)
+else:
+    _IMPORT_ERROR = None
+
+
+def requested() -> tuple[frozenset[str], bool]:
+    """(kernels enabled by ILLADA_RT_CUDA_KERNELS, whether they were asked for explicitly)."""
+    raw = os.environ.get("ILLADA_RT_CUDA_KERNELS", "verified").strip().lower() or "verified"
+    if raw == "verified":
+        return VERIFIED, False
+    if raw == "all":
+        return frozenset(KERNELS), True
+    if raw == "none":
+        return frozenset(), True
+    names = frozenset(n.strip() for n in raw.split(",") if n.strip())
+    unknown = sorted(names - set(KERNELS))
+    if unknown:
+        raise ValueError(f"ILLADA_RT_CUDA_KERNELS: unknown kernel(s) {', '.join(unknown)}; expected verified, all, "
+                         f"none or a comma-separated list of {', '.join(KERNELS)}")
+    return names, True
+
+
+def arch_covers(compiled: str, sm: int) -> bool:
+    """Whether a module compiled for `compiled` (CMake's arch list, comma-separated: '80,90a') runs on a device of
+    compute capability `sm` (major*10+minor). 'NN' and 'NN-virtual' carry PTX, which the driver compiles for NN and
+    anything newer; 'NN-real' is machine code for major version NN/10 at minor >= NN%10; 'NNa' runs on NN only."""
+    for entry in (e.strip().lower() for e in compiled.split(",")):
+        digits = "".join(ch for ch in entry.split("-")[0] if ch.isdigit())
+        if not digits:
+            continue
+        arch = int(digits)
+        if entry.split("-")[0].endswith("a"):
+            ok = sm == arch
+        elif entry.endswith("-real"):
+            ok = sm // 10 == arch // 10 and sm >= arch
+        else:
+            ok = sm >= arch
+        if ok:
+            return True
+    return False
+
+
+def _device_sm(device: torch.device) -> int:
+    major, minor = torch.cuda.get_device_capability(device)
+    return major * 10 + minor
+
+
+def kernel_enabled(name: str, device: torch.device) -> bool:
+    """Whether kernel `name` runs for tensors on CUDA `device` (see the module docstring for the rule)."""
+    from . import kernel_mode
+
+    if name not in KERNELS:
+        raise ValueError(f"unknown CUDA kernel {name!r}")
+    if _C_cuda is None or kernel_mode() == "reference":
+        return False
+    enabled, explicit = requested()
+    if name not in enabled:
+        return False
+    sm = _device_sm(device)
+    if not arch_covers(_C_cuda.compiled_archs(), sm):
+        if explicit:
+            raise RuntimeError(f"CUDA kernel {name}: _C_cuda was not compiled for sm_{sm} (compiled for "
+                               f"{_C_cuda.compiled_archs()}); rebuild with "
+                               f"SKBUILD_CMAKE_ARGS=-DCMAKE_CUDA_ARCHITECTURES={sm}")
+        return False
+    return True
+
+
+def status() -> dict:
+    """For illada_rt.capabilities(): per kernel, whether it is compiled, verified, and what runs on CUDA now."""
+    out = {"module": _C_cuda is not None, "import_error": _IMPORT_ERROR, "verified": sorted(VERIFIED)}
+    try:
+        enabled, _ = requested()
+    except ValueError as e:
+        enabled, out["setting_error"] = frozenset(), str(e)
+    for name in KERNELS:
+        if _C_cuda is None:
+            out[name] = "reference (_C_cuda not built)"
+        elif name in enabled:
+            out[name] = "_C_cuda" + ("" if name in VERIFIED else " (forced; not yet verified on a GPU)")
+        else:
+            out[name] = "reference" + ("" if name in VERIFIED else " (compiled, not yet verified on a GPU)")
+    return out
+
+
+class _OnDevice:
+    """Make `device` current for the call (kernels launch on the current device); yields (its current stream as an
+    int, its index)."""
+
+    def __init__(self, device: torch.device):
+        self.index = device.index if device.index is not None else torch.cuda.current_device()
+        self._ctx = torch.cuda.device(self.index) if torch.cuda.current_device() != self.index else None
+
+    def __enter__(self):
+        if self._ctx is not None:
+            self._ctx.__enter__()
+        return torch.cuda.current_stream(self.index).cuda_stream, self.index
+
+    def __exit__(self, *exc):
+        if self._ctx is not None:
+            self._ctx.__exit__(*exc)
+        return False
+
+
+def attention_eligible(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Shapes and layouts the CUDA attention kernel takes (anything else goes to the reference)."""
+    return (q.dim() == 4 and k.dim() == 4 and v.dim() == 4 and q.dtype in (torch.bfloat16, torch.float16)
+            and k.dtype == q.dtype and v.dtype == q.dtype and q.shape[-1] in (64, 128)
+            and k.shape == v.shape and k.shape[0] == q.shape[0] and k.shape[-1] == q.shape[-1]
+            and k.shape[1] >= 1 and q.shape[1] % k.shape[1] == 0)
+
+
+def _aligned(t: torch.Tensor) -> torch.Tensor:
+    """t itself when its layout suits the kernels' 16-byte loads, else a contiguous copy."""
+    ok = (t.stride(-1) == 1 and t.data_ptr() % 16 == 0
+          and all(t.shape[d] <= 1 or t.stride(d) % 8 == 0 for d in range(t.dim() - 1)))
+    return t if ok else t.contiguous()
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+    """The CUDA kernel behind ops.attention: returns a [B, Hq, Tq, D] view of a [B, Tq, Hq, D] buffer."""
+    q, k, v = _aligned(q), _aligned(k), _aligned(v)
+    B, H, T, D = q.shape
+    out = torch.empty(B, T, H, D, dtype=q.dtype, device=q.device).transpose(1, 2)
+    km = None if key_mask is None else key_mask.to(torch.bool).contiguous()
+    with _OnDevice(q.device) as (stream, index):
+        _C_cuda.attention(q, k, v, out, km, D ** -0.5, stream, index)
+    return out
+
+
+def sample_tokens(logits: torch.Tensor, conf_dtype: torch.dtype = torch.float32, temperature: float = 0.0,
+                  seed: int = 0, offset: int = 0, row_ids: torch.Tensor | None = None, margin: bool = False,
+                  entropy: bool = False) -> tuple[torch.Tensor, ...]:
+    """The CUDA sampling kernel: logits [..., V] -> token, confidence (+ margin, entropy when asked), shaped [...]."""
+    rows = logits.reshape(-1, logits.shape[-1])
+    if rows.stride(-1) != 1:
+        rows = rows.contiguous()
+    n, dev = rows.shape[0], logits.device
+    token = torch.empty(n, dtype=torch.int64, device=dev)
+    conf = torch.empty(n, dtype=conf_dtype, device=dev)
+    mg = torch.empty(n, dtype=torch.float32, device=dev) if margin else None
+    en = torch.empty(n, dtype=torch.float32, device=dev) if entropy else None
+    rid = None if row_ids is None else row_ids.reshape(-1).to(device=dev, dtype=torch.int64).contiguous()
+    with _OnDevice(dev) as (stream, index):
+        _C_cuda.sample_tokens(rows, token, conf, mg, en, float(temperature), int(seed) & (2**64 - 1),
+                              int(offset) & (2**64 - 1), rid, stream, index)
+    shape = logits.shape[:-1]
+    outs = [token.reshape(shape), conf.reshape(shape)]
+    outs += [t.reshape(shape) for t in (mg, en) if t is not None]
+    return tuple(outs)
+
+
+def select_transfer(confidence: torch.Tensor, x0: torch.Tensor, tokens: torch.Tensor, mask_id: int,
+                    k: torch.Tensor | None = None, threshold: float | None = None,
+                    transferred: torch.Tensor | None = None,
+                    transfer_mask: torch.Tensor | None = None) -> None:
+    """The CUDA selection kernel (in place on `tokens`); see _C_cuda.select_transfer."""
+    kk = None if k is None else k.to(device=tokens.device, dtype=torch.int64).contiguous()
+    with _OnDevice(tokens.device) as (stream, index):
+        _C_cuda.select_transfer(confidence, x0, tokens, int(mask_id), kk, threshold, transferred, transfer_mask,
+                                stream, index)
+
+
+def select_eligible(confidence: torch.Tensor, tokens: torch.Tensor) -> bool:
+    return (tokens.dim() == 2 and tokens.dtype == torch.int64 and confidence.dtype in (torch.float32, torch.float64)
+            and _C_cuda is not None and tokens.shape[1] <= _C_cuda.select_max_block())
