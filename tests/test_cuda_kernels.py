@@ -251,8 +251,9 @@ def test_sample_greedy_matches_reference(rows, vocab, dtype, strided):
     token, conf, margin, entropy = cuda_ops.sample_tokens(logits, torch.float32, margin=True, entropy=True)
     r_token, r_conf, r_margin, r_entropy = reference.sample_greedy(logits)
     assert torch.equal(token, r_token)
-    torch.testing.assert_close(conf, r_conf.float(), rtol=1e-5, atol=1e-7)
-    torch.testing.assert_close(margin, r_margin.float(), rtol=1e-4, atol=1e-6)
+    # float32 sums of up to 155k terms in a different order: a few 1e-6 relative
+    torch.testing.assert_close(conf, r_conf.float(), rtol=5e-5, atol=1e-7)
+    torch.testing.assert_close(margin, r_margin.float(), rtol=5e-5, atol=1e-6)
     torch.testing.assert_close(entropy, r_entropy.float(), rtol=1e-4, atol=1e-5)
     _, conf64 = cuda_ops.sample_tokens(logits, torch.float64)
     p64 = torch.softmax(logits.double(), dim=-1).gather(-1, r_token[:, None]).squeeze(-1)
@@ -299,7 +300,7 @@ def test_sample_gumbel_matches_reference_noise(temperature):
     chosen = score.gather(-1, token[:, None]).squeeze(-1)
     assert (chosen >= best - 1e-4 * best.abs().clamp_min(1)).all()  # the argmax, up to logf rounding near ties
     p = torch.softmax(logits.float(), -1).gather(-1, token[:, None]).squeeze(-1)
-    torch.testing.assert_close(conf, p, rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(conf, p, rtol=5e-5, atol=1e-8)
     again, _ = cuda_ops.sample_tokens(logits[3:4], temperature=temperature, seed=2**40 + 5, offset=3,
                                       row_ids=row_ids[3:4])
     assert again.item() == token[3].item()  # a row's draw does not depend on its batch mates
