@@ -1,12 +1,13 @@
 // AVX-512 attention for head dims 64 and 128 (see attention.h). Keys are first packed per (batch, kv head) as
 // K^T (transposed 16 x 16 words at a time in registers: fp32 [D][Tk16], or for bf16 inputs [D/2][Tk16] bf16 pairs; Tk16 = Tk rounded
 // up to 16; shared by every query head of a GQA group), with an additive mask row (0 or -inf) per batch; values
-// are read in place. Then each task takes 24 query rows of one head, 3 at a time: per key block of up to 128
-// keys, scores S = q K^T * scale in 3 x 8 registers (a broadcast q element, or bf16 pair with vdpbf16ps, times 8
+// are read in place. Then each task takes 24 query rows of one head; per key block of up to 128 keys, for each 3 of
+// its rows: scores S = q K^T * scale in 3 x 8 registers (a broadcast q element, or bf16 pair with vdpbf16ps, times 8
 // K^T vectors), an online softmax (running max and sum, rescaling the output), and O += P V in fp32 with the
-// output rows in 3 x D/16 registers.
+// output rows in 3 x D/16 registers for the block (kept in memory between blocks).
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -148,48 +149,86 @@ __attribute__((always_inline)) inline void key_block(const void* qf, const void*
   }
 }
 
-template <bool BF, int R, int ND>
-void query_rows(const AttentionParams& p, const void* kt, const void* vsrc, const float* madd, int64_t tkp,
-                int64_t b, int64_t h, int64_t i0) {
+// One key block (NV * 16 keys from kb) for R query rows whose running output rows live in memory (om, R x D) and
+// go through registers for the block.
+template <bool BF, int R, int ND, int NV>
+void rows_block(const void* qf, const void* kt, int64_t tkp, const void* vsrc, int64_t v_st, int64_t tk,
+                const float* madd, int64_t kb, float* m, float* l, float* om, float scale) {
   constexpr int D = ND * 16;
-  alignas(64) float qf[R * D];  // fp32: q * scale; bf16: the raw pairs (first half of the buffer)
-  for (int r = 0; r < R; ++r) {
-    const int64_t qo = b * p.q_sb + h * p.q_sh + (i0 + r) * p.q_st;
+  __m512 o[R][ND];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int n = 0; n < ND; ++n) o[r][n] = _mm512_load_ps(om + r * D + 16 * n);
+  key_block<BF, R, ND, NV>(qf, kt, tkp, vsrc, v_st, tk, madd, kb, m, l, o, scale);
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int n = 0; n < ND; ++n) _mm512_store_ps(om + r * D + 16 * n, o[r][n]);
+}
+
+template <bool BF, int R, int ND>
+void rows_block_nv(int nv, const void* qf, const void* kt, int64_t tkp, const void* vsrc, int64_t v_st, int64_t tk,
+                   const float* madd, int64_t kb, float* m, float* l, float* om, float scale) {
+  switch (nv) {
+    case 1: rows_block<BF, R, ND, 1>(qf, kt, tkp, vsrc, v_st, tk, madd, kb, m, l, om, scale); break;
+    case 2: rows_block<BF, R, ND, 2>(qf, kt, tkp, vsrc, v_st, tk, madd, kb, m, l, om, scale); break;
+    case 3: rows_block<BF, R, ND, 3>(qf, kt, tkp, vsrc, v_st, tk, madd, kb, m, l, om, scale); break;
+    case 4: rows_block<BF, R, ND, 4>(qf, kt, tkp, vsrc, v_st, tk, madd, kb, m, l, om, scale); break;
+    case 5: rows_block<BF, R, ND, 5>(qf, kt, tkp, vsrc, v_st, tk, madd, kb, m, l, om, scale); break;
+    case 6: rows_block<BF, R, ND, 6>(qf, kt, tkp, vsrc, v_st, tk, madd, kb, m, l, om, scale); break;
+    case 7: rows_block<BF, R, ND, 7>(qf, kt, tkp, vsrc, v_st, tk, madd, kb, m, l, om, scale); break;
+    default: rows_block<BF, R, ND, 8>(qf, kt, tkp, vsrc, v_st, tk, madd, kb, m, l, om, scale); break;
+  }
+}
+
+// The query rows [i_begin, i_end) (at most kRowsPerTask) of head h: key blocks in the outer loop and 3-row register
+// tiles in the inner one, so each 128-key block of K^T and V (64 KB + 64 KB in bf16 at D = 128) is read from L2 by
+// every tile of the task instead of streaming the whole K/V from L3 once per tile (the difference at long canvases,
+// where one kv head's keys and values outgrow L2).
+template <bool BF, int ND>
+void query_task(const AttentionParams& p, const void* kt, const void* vsrc, const float* madd, int64_t tkp,
+                int64_t b, int64_t h, int64_t i_begin, int64_t i_end) {
+  constexpr int D = ND * 16;
+  alignas(64) float qf[kRowsPerTask * D];  // fp32: q * scale; bf16: the raw rows (first half of the buffer)
+  alignas(64) float om[kRowsPerTask * D];  // running output rows
+  float m[kRowsPerTask], l[kRowsPerTask];
+  const int n = static_cast<int>(i_end - i_begin);
+  for (int r = 0; r < n; ++r) {
+    const int64_t qo = b * p.q_sb + h * p.q_sh + (i_begin + r) * p.q_st;
     if (BF)
       std::memcpy(reinterpret_cast<uint16_t*>(qf) + r * D, static_cast<const uint16_t*>(p.q) + qo, D * 2);
     else
-      for (int n = 0; n < ND; ++n)
-        _mm512_store_ps(qf + r * D + 16 * n, _mm512_mul_ps(load16(p.q, qo + 16 * n, false), _mm512_set1_ps(p.scale)));
-  }
-  float m[R], l[R];
-  __m512 o[R][ND];
-  for (int r = 0; r < R; ++r) {
+      for (int c = 0; c < ND; ++c)
+        _mm512_store_ps(qf + r * D + 16 * c, _mm512_mul_ps(load16(p.q, qo + 16 * c, false), _mm512_set1_ps(p.scale)));
+    for (int c = 0; c < ND; ++c) _mm512_store_ps(om + r * D + 16 * c, _mm512_setzero_ps());
     m[r] = kNegInf;
     l[r] = 0.f;
-    for (int n = 0; n < ND; ++n) o[r][n] = _mm512_setzero_ps();
   }
-  int64_t kb = 0;
-  for (; kb + 128 <= tkp; kb += 128) key_block<BF, R, ND, 8>(qf, kt, tkp, vsrc, p.v_st, p.Tk, madd, kb, m, l, o, p.scale);
-  switch ((tkp - kb) / 16) {
-    case 1: key_block<BF, R, ND, 1>(qf, kt, tkp, vsrc, p.v_st, p.Tk, madd, kb, m, l, o, p.scale); break;
-    case 2: key_block<BF, R, ND, 2>(qf, kt, tkp, vsrc, p.v_st, p.Tk, madd, kb, m, l, o, p.scale); break;
-    case 3: key_block<BF, R, ND, 3>(qf, kt, tkp, vsrc, p.v_st, p.Tk, madd, kb, m, l, o, p.scale); break;
-    case 4: key_block<BF, R, ND, 4>(qf, kt, tkp, vsrc, p.v_st, p.Tk, madd, kb, m, l, o, p.scale); break;
-    case 5: key_block<BF, R, ND, 5>(qf, kt, tkp, vsrc, p.v_st, p.Tk, madd, kb, m, l, o, p.scale); break;
-    case 6: key_block<BF, R, ND, 6>(qf, kt, tkp, vsrc, p.v_st, p.Tk, madd, kb, m, l, o, p.scale); break;
-    case 7: key_block<BF, R, ND, 7>(qf, kt, tkp, vsrc, p.v_st, p.Tk, madd, kb, m, l, o, p.scale); break;
-    default: break;
+  for (int64_t kb = 0; kb < tkp; kb += 128) {
+    const int nv = static_cast<int>(std::min<int64_t>(tkp - kb, 128) / 16);
+    for (int i = 0; i < n; i += kRows) {
+      const void* qi = BF ? static_cast<const void*>(reinterpret_cast<const uint16_t*>(qf) + i * D)
+                          : static_cast<const void*>(qf + i * D);
+      const int rows = n - i;
+      if (rows >= 3)
+        rows_block_nv<BF, 3, ND>(nv, qi, kt, tkp, vsrc, p.v_st, p.Tk, madd, kb, m + i, l + i, om + i * D, p.scale);
+      else if (rows == 2)
+        rows_block_nv<BF, 2, ND>(nv, qi, kt, tkp, vsrc, p.v_st, p.Tk, madd, kb, m + i, l + i, om + i * D, p.scale);
+      else
+        rows_block_nv<BF, 1, ND>(nv, qi, kt, tkp, vsrc, p.v_st, p.Tk, madd, kb, m + i, l + i, om + i * D, p.scale);
+    }
   }
-  for (int r = 0; r < R; ++r) {
+  for (int r = 0; r < n; ++r) {
     const __m512 inv = _mm512_set1_ps(l[r] > 0.f ? 1.f / l[r] : 0.f);
-    const int64_t oo = b * p.o_sb + h * p.o_sh + (i0 + r) * p.o_st;
-    for (int n = 0; n < ND; ++n) {
-      const __m512 y = _mm512_mul_ps(o[r][n], inv);
+    const int64_t oo = b * p.o_sb + h * p.o_sh + (i_begin + r) * p.o_st;
+    for (int c = 0; c < ND; ++c) {
+      const __m512 y = _mm512_mul_ps(_mm512_load_ps(om + r * D + 16 * c), inv);
       if (p.bf16)
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(static_cast<uint16_t*>(p.out) + oo + 16 * n),
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(static_cast<uint16_t*>(p.out) + oo + 16 * c),
                             avx512::to_bf16(y));
       else
-        _mm512_storeu_ps(static_cast<float*>(p.out) + oo + 16 * n, y);
+        _mm512_storeu_ps(static_cast<float*>(p.out) + oo + 16 * c, y);
     }
   }
 }
@@ -279,15 +318,7 @@ void run(const AttentionParams& p) {
                              : static_cast<const void*>(static_cast<const float*>(p.v) + b * p.v_sb + hk * p.v_sh);
         const float* mp = madd.data() + b * tkp;
         const int64_t end = (t + 1) * kRowsPerTask < p.Tq ? (t + 1) * kRowsPerTask : p.Tq;
-        for (int64_t i0 = t * kRowsPerTask; i0 < end; i0 += kRows) {
-          const int64_t rows = end - i0;
-          if (rows >= 3)
-            query_rows<BF, 3, ND>(p, ktp, vvp, mp, tkp, b, h, i0);
-          else if (rows == 2)
-            query_rows<BF, 2, ND>(p, ktp, vvp, mp, tkp, b, h, i0);
-          else
-            query_rows<BF, 1, ND>(p, ktp, vvp, mp, tkp, b, h, i0);
-        }
+        query_task<BF, ND>(p, ktp, vvp, mp, tkp, b, h, t * kRowsPerTask, end);
       }
     }
   }
