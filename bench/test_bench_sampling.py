@@ -1,6 +1,7 @@
 """Masked-token sampling over LLaDA's (126,464) and iLLaDA's (155,136) vocabularies: the fused kernel (argmax +
-softmax confidence in one pass over each row, then top-k selection) beside PyTorch's softmax + max + topk in fp32
-(the runtime's reference path) and in float64 (as Fast-dLLM computes it), same inputs, same run.
+softmax confidence in one pass over each row, then top-k selection) in its float32 and float64 modes, each beside
+PyTorch's softmax + max + topk in the same precision (fp32: the runtime's reference path; float64: as Fast-dLLM
+computes it), same inputs, same run.
 
     pytest bench/test_bench_sampling.py --benchmark-json=sampling.json && python bench/report.py sampling.json
     ILLADA_BENCH_FULL=1 ...   # 32/128/512 positions x both vocabularies
@@ -26,20 +27,25 @@ def _torch(logits, dtype):
     return tok, torch.topk(conf, K).indices
 
 
-def _kernel(logits):
-    tok, conf = ops.sample_greedy(logits)
+def _kernel(logits, dtype=torch.float32):
+    tok, conf = ops.sample_greedy(logits, dtype)
     return tok, torch.topk(conf, K).indices
 
 
-@pytest.mark.parametrize("impl", ["kernel", "torch_fp32", "torch_fp64"])
+# each kernel mode beside the PyTorch computation in the same precision
+BASELINE = {"kernel": "torch_fp32", "kernel_fp64": "torch_fp64", "torch_fp32": "torch_fp32",
+            "torch_fp64": "torch_fp64"}
+
+
+@pytest.mark.parametrize("impl", list(BASELINE))
 @pytest.mark.parametrize("V", VOCABS)
 @pytest.mark.parametrize("R", ROWS)
 def test_sampling(benchmark, impl, R, V):
     logits = torch.randn(R, V, generator=torch.Generator().manual_seed(R)) * 4
-    fn = {"kernel": lambda: _kernel(logits), "torch_fp32": lambda: _torch(logits, torch.float32),
-          "torch_fp64": lambda: _torch(logits, torch.float64)}[impl]
-    if impl == "kernel":
+    fn = {"kernel": lambda: _kernel(logits), "kernel_fp64": lambda: _kernel(logits, torch.float64),
+          "torch_fp32": lambda: _torch(logits, torch.float32), "torch_fp64": lambda: _torch(logits, torch.float64)}[impl]
+    if impl.startswith("kernel"):
         assert torch.equal(fn()[0], _torch(logits, torch.float32)[0])
     benchmark.extra_info.update(op="sampling", group=f"{R} positions x vocab {V}", impl=impl, bytes=R * V * 4,
-                                baseline="torch_fp32", peaks=measured_peaks())
+                                baseline=BASELINE[impl], peaks=measured_peaks())
     benchmark.pedantic(fn, rounds=7 if R <= 128 else 3, iterations=1, warmup_rounds=1)
