@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import illada_rt
-from illada_rt.decoding.fast import factor_counts, threshold_counts
+from illada_rt import ops
+from illada_rt.decoding.fast import factor_counts
 from independent import fastdllm_factor_count, fastdllm_generate, load_weights
 
 from conftest import MASK_ID
@@ -81,10 +82,13 @@ def test_factor_rule_matches_its_loop(seed):
         assert int(factor_counts(conf, cand, f)[0]) == fastdllm_factor_count(sorted(conf[0].tolist(), reverse=True), f)
 
 
-def test_threshold_counts():
+def test_threshold_selection_counts():
     conf = torch.tensor([[0.95, 0.2, 0.91, 0.5], [0.1, 0.2, 0.3, 0.4], [0.99, 0.99, 0.1, 0.1]], dtype=torch.float64)
-    cand = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 1], [0, 0, 0, 0]], dtype=torch.bool)
-    assert threshold_counts(conf, cand, 0.9).tolist() == [2, 1, 0]   # at least one; none without candidates
+    tokens = torch.tensor([[9, 9, 9, 9], [9, 9, 9, 9], [1, 2, 3, 4]])
+    n = torch.zeros(3, dtype=torch.long)
+    ops.select_confident(conf, torch.full((3, 4), 5), None, tokens, 9, n, threshold=0.9)
+    assert n.tolist() == [2, 1, 0]   # at least one; none without candidates
+    assert tokens.tolist() == [[5, 9, 5, 9], [9, 9, 9, 5], [1, 2, 3, 4]]
 
 
 @pytest.mark.parametrize("kwargs,needle", [

@@ -117,3 +117,36 @@ def test_numpy_arrays_work_through_dlpack():
     t = tokens.numpy().copy()
     _C.select_confident(conf.numpy(), x0.numpy(), k.numpy(), t, MASK)
     assert np.array_equal(t, want.numpy())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("threshold", [0.0, 0.3, 0.9, 1.5])
+@pytest.mark.parametrize("B,L", [(1, 1), (2, 33), (5, 129)])
+def test_threshold_mode_is_fast_dllm_rule(B, L, dtype, threshold):
+    """k=None + threshold: Fast-dLLM's get_transfer_index (sort the masked positions by confidence, keep the first
+    and every following one >= threshold), the counts the reference derives, and the kernel agree."""
+    for seed in range(3):
+        conf, x0, _, tokens = _case(B, L, seed + 7 * L, dtype)
+        if seed == 2:
+            tokens[0] = 1  # a row with no candidate
+        sorted_rule, via_counts, got = tokens.clone(), tokens.clone(), tokens.clone()
+        n = torch.zeros(B, dtype=torch.long)
+        take = reference.select_threshold(conf, x0, sorted_rule, MASK, threshold)
+        reference.select_confident(conf, x0, None, via_counts, MASK, threshold=threshold)
+        _C.select_confident(conf, x0, None, got, MASK, n, threshold)
+        assert torch.equal(got, sorted_rule) and torch.equal(got, via_counts)
+        assert torch.equal(n, take.sum(1))
+        has = (tokens == MASK).any(1)
+        assert bool((n[has] >= 1).all()) and bool((n[~has] == 0).all())
+
+
+@pytest.mark.parametrize("k,threshold,needle", [
+    (None, None, "exactly one of k and threshold"),
+    (torch.ones(2, dtype=torch.long), 0.5, "exactly one of k and threshold"),
+    (None, float("nan"), "threshold: must be a number"),
+])
+def test_threshold_argument_validation(k, threshold, needle):
+    args = _args()
+    args.update(k=k)
+    with pytest.raises(ValueError, match=needle):
+        _C.select_confident(**args, threshold=threshold)

@@ -1,6 +1,8 @@
 // Bindings for the masked-token sampling ops (CPU).
 #include <pybind11/pybind11.h>
 
+#include <cmath>
+
 #include "../common/cpu_features.h"
 #include "../cpu/sample_tokens.h"
 #include "../cpu/select_confident.h"
@@ -13,15 +15,14 @@ namespace illada::bind {
 namespace {
 
 void select_confident(py::handle confidence, py::handle x0, py::handle k, py::handle tokens, int64_t mask_id,
-                      py::handle transferred) {
+                      py::handle transferred, const py::object& threshold) {
+  ILLADA_CHECK(k.is_none() != threshold.is_none(), "pass exactly one of k and threshold");
   auto conf = view(confidence, "confidence");
   auto pred = view(x0, "x0");
-  auto kk = view(k, "k");
   auto tok = view(tokens, "tokens");
-  for (auto* v : {&conf, &pred, &kk, &tok}) v->expect_cpu();
+  for (auto* v : {&conf, &pred, &tok}) v->expect_cpu();
   conf.expect_dtype({DType::f32, DType::f64});
   pred.expect_dtype({DType::i64});
-  kk.expect_dtype({DType::i64});
   tok.expect_dtype({DType::i64});
   tok.expect_rank(2);
   const int64_t batch = tok.shape[0], block = tok.shape[1];
@@ -31,20 +32,28 @@ void select_confident(py::handle confidence, py::handle x0, py::handle k, py::ha
   pred.expect_rank(2);
   pred.expect_dim(0, batch, "tokens.shape[0]");
   pred.expect_dim(1, block, "tokens.shape[1]");
-  kk.expect_rank(1);
-  kk.expect_dim(0, batch, "tokens.shape[0]");
   for (auto* v : {&conf, &pred, &tok}) v->expect_inner_contiguous();
-  kk.expect_contiguous();
-  for (int64_t b = 0; b < batch; ++b)
-    ILLADA_CHECK(kk.ptr<int64_t>()[b] >= 0, "k: must be >= 0, got " << kk.ptr<int64_t>()[b] << " in row " << b);
-
+  TensorView kk;
+  if (!k.is_none()) {
+    kk = view(k, "k");
+    kk.expect_vector({DType::i64}, batch, "tokens.shape[0]");
+    for (int64_t b = 0; b < batch; ++b)
+      ILLADA_CHECK(kk.ptr<int64_t>()[b] >= 0, "k: must be >= 0, got " << kk.ptr<int64_t>()[b] << " in row " << b);
+  }
+  double thr = 0.0;
+  if (!threshold.is_none()) {
+    thr = threshold.cast<double>();
+    ILLADA_CHECK(!std::isnan(thr), "threshold: must be a number, got NaN");
+  }
   cpu::SelectConfidentParams p{};
   p.confidence = conf.data;
   p.confidence_is_f64 = conf.dtype == DType::f64;
   p.conf_row_stride = conf.row_stride();
   p.x0 = pred.ptr<int64_t>();
   p.x0_row_stride = pred.row_stride();
-  p.k = kk.ptr<int64_t>();
+  p.k = kk.data ? kk.ptr<int64_t>() : nullptr;
+  p.use_threshold = !threshold.is_none();
+  p.threshold = thr;
   p.tokens = tok.ptr<int64_t>();
   p.tokens_row_stride = tok.row_stride();
   p.batch = batch;
@@ -115,11 +124,12 @@ Writes token[R] int64 = argmax (first among equal maxima), confidence[R] = its s
 or float64 computed in double precision throughout, as a float64 softmax),
 and optionally margin[R] = p(top1) - p(top2) and entropy[R] (nats), all float32.)doc");
   m.def("select_confident", &select_confident, py::arg("confidence"), py::arg("x0"), py::arg("k"), py::arg("tokens"),
-        py::arg("mask_id"), py::arg("transferred") = py::none(),
+        py::arg("mask_id"), py::arg("transferred") = py::none(), py::arg("threshold") = py::none(),
         R"doc(Per row, write x0 into the k most confident positions of `tokens` that hold `mask_id`.
 
 confidence: [B, L] float32/float64; x0, tokens: [B, L] int64 (tokens is updated in place and may be a
-row-strided slice of a larger canvas); k: [B] int64 >= 0; transferred: optional [B] int64 output.
+row-strided slice of a larger canvas); k: [B] int64 >= 0, or k=None and threshold: every candidate with
+confidence >= threshold and at least the most confident one (Fast-dLLM's rule); transferred: optional [B] int64.
 Ties go to the lower position; NaN ranks highest (as torch.topk).)doc");
 }
 

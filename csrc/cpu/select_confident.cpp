@@ -19,7 +19,14 @@ void select_rows(const SelectConfidentParams& p) {
     cand.clear();
     for (int64_t i = 0; i < p.block; ++i)
       if (tok[i] == p.mask_id) cand.push_back(i);
-    const int64_t k = std::min<int64_t>(p.k[b], static_cast<int64_t>(cand.size()));
+    int64_t k;
+    if (p.use_threshold) {  // the candidates at or above the threshold are exactly the top ones in rank order
+      int64_t above = 0;
+      for (int64_t i : cand) above += static_cast<double>(c[i]) >= p.threshold;
+      k = cand.empty() ? 0 : std::max<int64_t>(above, 1);
+    } else {
+      k = std::min<int64_t>(p.k[b], static_cast<int64_t>(cand.size()));
+    }
     if (k > 0) {
       // Strict weak order: NaN first, then larger confidence, then lower index.
       auto before = [c](int64_t a, int64_t d) {

@@ -1,5 +1,6 @@
 // Masked-token selection on the CPU: per row, transfer the k most confident still-masked positions of
-// the current block (LLaDA's top-k remasking step), writing the predicted tokens in place.
+// the current block (LLaDA's top-k remasking step), or every one at or above a confidence threshold and at least
+// the most confident (Fast-dLLM's threshold rule), writing the predicted tokens in place.
 #pragma once
 #include <cstdint>
 
@@ -11,7 +12,9 @@ struct SelectConfidentParams {
   int64_t conf_row_stride;     // elements between rows of `confidence`
   const int64_t* x0;           // [batch, block] predicted token per position, row stride x0_row_stride
   int64_t x0_row_stride;
-  const int64_t* k;            // [batch] number of positions to transfer in each row
+  const int64_t* k;            // [batch] number of positions to transfer in each row (unused with use_threshold)
+  bool use_threshold;          // transfer candidates with confidence >= threshold, at least one per row that has any
+  double threshold;
   int64_t* tokens;             // [batch, block] the block's slice of the canvas (in/out), row stride tokens_row_stride
   int64_t tokens_row_stride;
   int64_t* transferred;        // [batch] out: how many positions each row transferred (may be null)

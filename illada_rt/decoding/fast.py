@@ -21,12 +21,6 @@ from .. import ops
 from ..model import KVCache
 from .llada import make_canvas, propose, rows_ended, transfer_schedule
 
-def threshold_counts(conf: torch.Tensor, candidates: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Per row: candidates with confidence >= threshold, at least 1 (0 for rows without candidates)."""
-    above = ((conf >= threshold) & candidates).sum(1)
-    return torch.where(candidates.any(1), above.clamp(min=1), torch.zeros_like(above))
-
-
 def factor_counts(conf: torch.Tensor, candidates: torch.Tensor, factor: float) -> torch.Tensor:
     """Per row: Fast-dLLM's factor rule, edge cases included.
 
@@ -72,14 +66,15 @@ def generate_fast(model, ids: torch.Tensor, attn: torch.Tensor, *, gen_length: i
         nonlocal nfe
         x0, conf = propose(logits, temperature, remasking, generator, conf_dtype=torch.float64)
         window = x[:, lo:hi]
-        if threshold is not None:
-            k = threshold_counts(conf, window == mask_id, threshold)
-        elif factor is not None:
+        k = None
+        if factor is not None:
             k = factor_counts(conf, window == mask_id, factor)
-        else:
+        elif threshold is None:
             k = k_fixed
         before = window.clone() if callback is not None else None
-        ops.select_confident(conf.contiguous(), x0.contiguous(), k.contiguous(), window, mask_id)
+        # threshold: the selection applies Fast-dLLM's rule itself (every candidate >= threshold, at least one)
+        ops.select_confident(conf.contiguous(), x0.contiguous(), None if k is None else k.contiguous(), window,
+                             mask_id, threshold=threshold if k is None else None)
         nfe += 1
         if callback is not None:
             moved = torch.zeros_like(x, dtype=torch.bool)

@@ -116,20 +116,24 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return reference.attention(q, k, v, key_mask)
 
 
-def select_confident(confidence: torch.Tensor, x0: torch.Tensor, k: torch.Tensor, tokens: torch.Tensor,
-                     mask_id: int, transferred: torch.Tensor | None = None) -> None:
-    """Per row, write x0 into the k most confident still-masked positions of `tokens` (in place).
+def select_confident(confidence: torch.Tensor, x0: torch.Tensor, k: torch.Tensor | None, tokens: torch.Tensor,
+                     mask_id: int, transferred: torch.Tensor | None = None, threshold: float | None = None) -> None:
+    """Per row, write x0 into the k most confident still-masked positions of `tokens` (in place), or with k=None
+    and `threshold`, into every still-masked position whose confidence is >= threshold and at least the most
+    confident one (Fast-dLLM's threshold rule).
 
     confidence [B, L] float32/float64, x0 [B, L] int64, k [B] int64, tokens [B, L] int64 (may be a slice
     of the canvas). Ties go to the lower position.
     """
+    if (k is None) == (threshold is None):
+        raise ValueError("select_confident: pass exactly one of k and threshold")
     if (tokens.is_cuda and _cuda.select_eligible(confidence, tokens) and x0.dtype == torch.int64
             and use_cuda_kernel("select_transfer", confidence, x0, tokens)):
-        _cuda.select_transfer(confidence, x0, tokens, mask_id, k=k, transferred=transferred)
-    elif use_cpu_kernel(confidence, x0, k, tokens):
-        _C.select_confident(confidence, x0, k, tokens, int(mask_id), transferred)
+        _cuda.select_transfer(confidence, x0, tokens, mask_id, k=k, threshold=threshold, transferred=transferred)
+    elif use_cpu_kernel(confidence, x0, tokens, *(() if k is None else (k,))):
+        _C.select_confident(confidence, x0, k, tokens, int(mask_id), transferred, threshold)
     else:
-        reference.select_confident(confidence, x0, k, tokens, mask_id, transferred)
+        reference.select_confident(confidence, x0, k, tokens, mask_id, transferred, threshold)
 
 
 def sample_greedy(logits: torch.Tensor, conf_dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
