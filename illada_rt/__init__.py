@@ -60,10 +60,10 @@ def capabilities() -> dict:
                              "cuda": cuda["select_transfer"]},
         "attention": {"cpu": _attention_cpu(status), "cuda": _attention_cuda(cuda["attention"])},
         "gemm": {"cpu": "torch", "cuda": "torch"},
-        # greedy sampling (argmax + confidence): the kernel below AVX-512 is slower than PyTorch, which runs there
+        # greedy sampling (argmax + confidence): the portable kernel is slower than PyTorch, which runs without AVX2
         "sample_greedy": {"cpu": f"_C ({status['cpu']['isa'].replace('amx', 'avx512')})"
                           if status["_C"] and status["kernel_mode"] == "auto"
-                          and status["cpu"]["isa"] in ("avx512", "amx") else "reference", "cuda": cuda["sample_tokens"]},
+                          and status["cpu"]["isa"] in ("avx2", "avx512", "amx") else "reference", "cuda": cuda["sample_tokens"]},
         "rms_norm, swiglu": {"cpu": "_C (avx512) for bf16, torch otherwise" if status["_C"]
                              and status["kernel_mode"] == "auto" and status["cpu"]["isa"] in ("avx512", "amx")
                              else "torch", "cuda": "torch"},

@@ -24,7 +24,8 @@ struct SampleGreedyParams {
 };
 
 void sample_greedy_generic(const SampleGreedyParams& p);
+void sample_greedy_avx2(const SampleGreedyParams& p);
 void sample_greedy_avx512(const SampleGreedyParams& p);
-void sample_greedy(const SampleGreedyParams& p, Isa isa);  // dispatch (avx2 runs the generic code)
+void sample_greedy(const SampleGreedyParams& p, Isa isa);  // dispatch by ISA
 
 }  // namespace illada::cpu

@@ -11,6 +11,7 @@
 
 #include "avx512_util.h"
 #include "sample_tokens.h"
+#include "sample_tokens_rows.h"
 
 namespace illada::cpu {
 
@@ -115,17 +116,6 @@ float runner_up(const char* base, int64_t vocab, float m) {
   return m2;
 }
 
-template <bool ENTROPY>
-inline void write_outputs(const SampleGreedyParams& p, int64_t r, int64_t arg, double s, double t, double e2) {
-  p.token[r] = arg;
-  if (p.confidence_f64)
-    static_cast<double*>(p.confidence)[r] = 1.0 / s;
-  else
-    static_cast<float*>(p.confidence)[r] = static_cast<float>(1.0 / s);
-  if (p.margin) p.margin[r] = static_cast<float>((1.0 - e2) / s);  // e2: the runner-up's term as the sum counted it
-  if (ENTROPY) p.entropy[r] = static_cast<float>(std::log(s) - t / s);
-}
-
 // float32 confidences in one streaming pass: by chunks of 2048 logits (L1-sized), the chunk's max, then its exp
 // terms relative to the running max while the next chunk is prefetched, so the memory stream and the arithmetic
 // overlap; the sums are rebased the few times the max grows. At most 32 fp32 terms per lane go into each chunk
@@ -147,11 +137,7 @@ void row_f32(const SampleGreedyParams& p, int64_t r) {
       _mm_prefetch(base + off, _MM_HINT_T0);
     const float cm = range_max<BF16>(base, c0, c1, full, p.vocab);
     if (cm > m) {
-      if (m > kNegInf) {  // rebase on the new max: s' = a s, t' = a (t + s (m - m'))
-        const double a = std::exp(static_cast<double>(m) - cm);
-        t = a * (t + s * (static_cast<double>(m) - cm));
-        s *= a;
-      }
+      if (m > kNegInf) rebase_sums(s, t, m, cm);
       m = cm;
       first_chunk = c0;
     }

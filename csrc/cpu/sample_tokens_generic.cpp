@@ -47,6 +47,9 @@ void sample_greedy(const SampleGreedyParams& p, Isa isa) {
 #if defined(ILLADA_HAVE_AVX512)
   if (isa >= Isa::avx512) return sample_greedy_avx512(p);
 #endif
+#if defined(ILLADA_HAVE_AVX2)
+  if (isa >= Isa::avx2) return sample_greedy_avx2(p);
+#endif
   (void)isa;
   sample_greedy_generic(p);
 }

@@ -139,13 +139,14 @@ def select_confident(confidence: torch.Tensor, x0: torch.Tensor, k: torch.Tensor
 def sample_greedy(logits: torch.Tensor, conf_dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
     """logits [..., V] float32/bfloat16 -> (token [...] int64 = argmax, confidence [...] = its softmax probability
     in conf_dtype: float32, or float64 computed in double precision as a float64 softmax is). The compiled kernel
-    runs where the CPU has AVX-512 (its portable version is slower than PyTorch's vectorized softmax, so below
-    AVX-512 this is the reference). On CUDA the sampling kernel runs when enabled (ops/cuda.py)."""
+    runs where the CPU has AVX2 or AVX-512 (its portable version is slower than PyTorch's vectorized softmax, so
+    without AVX2 this is the reference). On CUDA the sampling kernel runs when enabled (ops/cuda.py)."""
     if (logits.is_cuda and conf_dtype in (torch.float32, torch.float64) and logits.shape[-1] > 0
             and logits.dtype in (torch.float32, torch.bfloat16, torch.float16)
             and use_cuda_kernel("sample_tokens", logits)):
         return _cuda.sample_tokens(logits, conf_dtype)[:2]
-    if not (use_cpu_kernel(logits) and cpu_isa() in ("avx512", "amx") and conf_dtype in (torch.float32, torch.float64)
+    if not (use_cpu_kernel(logits) and cpu_isa() in ("avx2", "avx512", "amx")
+            and conf_dtype in (torch.float32, torch.float64)
             and logits.dtype in (torch.float32, torch.bfloat16) and logits.shape[-1] > 0):
         p = F.softmax(logits.to(conf_dtype), dim=-1)
         token = torch.argmax(logits, dim=-1)
