@@ -119,7 +119,12 @@ def cmd_info(args) -> int:
         print(json.dumps(info, indent=2))
     else:
         for k, v in info.items():
-            print(f"{k:>20}: {v}")
+            if k == "kernels":  # one line per op: what runs on each device
+                print(f"{k:>20}:")
+                for op, where in v.items():
+                    print(f"{op:>22}: " + "; ".join(f"{dev} {impl}" for dev, impl in where.items()))
+            else:
+                print(f"{k:>20}: {v}")
     return 0
 
 

@@ -84,6 +84,9 @@ def test_info(checkpoints):
     assert info["kernels"]["select_confident"]["cpu"] == "_C" and info["tokenizer"] is None
     r = run("info")
     assert r.returncode == 0 and "sentencepiece" in r.stdout and "llada" in r.stdout
+    # the kernel table: one line per op naming what runs on each device
+    assert re.search(r"^ +select_confident: cpu _C; cuda \S", r.stdout, re.M)
+    assert re.search(r"^ +attention: cpu .*; cuda ", r.stdout, re.M)
 
 
 def _readme_block():
