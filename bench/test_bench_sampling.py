@@ -1,7 +1,8 @@
 """Masked-token sampling over LLaDA's (126,464) and iLLaDA's (155,136) vocabularies: the fused kernel (argmax +
 softmax confidence in one pass over each row, then top-k selection) in its float32 and float64 modes, each beside
 PyTorch's softmax + max + topk in the same precision (fp32: the runtime's reference path; float64: as Fast-dLLM
-computes it), same inputs, same run.
+computes it), same inputs, same run; and the Gumbel-max mode (temperature 1, Philox noise) beside LLaDA's
+add_gumbel_noise in float64.
 
     pytest bench/test_bench_sampling.py --benchmark-json=sampling.json && python bench/report.py sampling.json
     ILLADA_BENCH_FULL=1 ...   # 32/128/512 positions x both vocabularies
@@ -32,9 +33,22 @@ def _kernel(logits, dtype=torch.float32):
     return tok, torch.topk(conf, K).indices
 
 
+def _torch_gumbel(logits, temperature=1.0):
+    """LLaDA's add_gumbel_noise (float64 uniform noise, exp(l) / (-log u)^T), then the fp32 confidence and top-k."""
+    noise = torch.rand(logits.shape, dtype=torch.float64)
+    tok = torch.argmax(logits.to(torch.float64).exp() / (-torch.log(noise)) ** temperature, dim=-1)
+    conf = torch.gather(F.softmax(logits, dim=-1), -1, tok[:, None]).squeeze(-1)
+    return tok, torch.topk(conf, K).indices
+
+
+def _kernel_gumbel(logits, temperature=1.0):
+    tok, conf = ops.sample_tokens(logits, temperature=temperature, seed=1)
+    return tok, torch.topk(conf, K).indices
+
+
 # each kernel mode beside the PyTorch computation in the same precision
 BASELINE = {"kernel": "torch_fp32", "kernel_fp64": "torch_fp64", "torch_fp32": "torch_fp32",
-            "torch_fp64": "torch_fp64"}
+            "torch_fp64": "torch_fp64", "kernel_gumbel": "torch_gumbel", "torch_gumbel": "torch_gumbel"}
 
 
 @pytest.mark.parametrize("impl", list(BASELINE))
@@ -43,8 +57,9 @@ BASELINE = {"kernel": "torch_fp32", "kernel_fp64": "torch_fp64", "torch_fp32": "
 def test_sampling(benchmark, impl, R, V):
     logits = torch.randn(R, V, generator=torch.Generator().manual_seed(R)) * 4
     fn = {"kernel": lambda: _kernel(logits), "kernel_fp64": lambda: _kernel(logits, torch.float64),
-          "torch_fp32": lambda: _torch(logits, torch.float32), "torch_fp64": lambda: _torch(logits, torch.float64)}[impl]
-    if impl.startswith("kernel"):
+          "torch_fp32": lambda: _torch(logits, torch.float32), "torch_fp64": lambda: _torch(logits, torch.float64),
+          "kernel_gumbel": lambda: _kernel_gumbel(logits), "torch_gumbel": lambda: _torch_gumbel(logits)}[impl]
+    if impl in ("kernel", "kernel_fp64"):
         assert torch.equal(fn()[0], _torch(logits, torch.float32)[0])
     benchmark.extra_info.update(op="sampling", group=f"{R} positions x vocab {V}", impl=impl, bytes=R * V * 4,
                                 baseline=BASELINE[impl], peaks=measured_peaks())

@@ -308,6 +308,19 @@ def test_sample_gumbel_matches_reference_noise(temperature):
 
 @gpu
 @needs_gpu
+def test_gumbel_same_tokens_on_cpu_and_gpu():
+    """One seed, one noise stream: the CPU kernel and the CUDA kernel pick the same tokens (away from near-ties)."""
+    logits = torch.randn(64, 126_464) * 3
+    cpu_tok, _ = ops.sample_tokens(logits, temperature=0.8, seed=12345, offset=4)
+    gpu_tok, _ = cuda_ops.sample_tokens(logits.cuda(), temperature=0.8, seed=12345, offset=4)
+    score = logits + 0.8 * reference.gumbel_noise(64, 126_464, 12345, 4)
+    top2 = torch.topk(score, 2, dim=-1).values
+    clear = top2[:, 0] - top2[:, 1] > 1e-4
+    assert torch.equal(cpu_tok[clear], gpu_tok.cpu()[clear]) and int(clear.sum()) > 48
+
+
+@gpu
+@needs_gpu
 @pytest.mark.parametrize("batch,block", [(1, 1), (3, 32), (4, 100), (2, 4096)])
 def test_select_top_k_matches_reference(batch, block):
     mask_id = 126_336

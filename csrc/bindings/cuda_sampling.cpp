@@ -5,7 +5,7 @@
 #include <array>
 #include <cmath>
 
-#include "../cuda/philox.cuh"
+#include "../common/philox.h"
 #include "../cuda/sampling.cuh"
 #include "cuda_registry.h"
 #include "dlpack_view.h"
@@ -157,7 +157,7 @@ position. Optional outputs: transferred[B] int64, transfer_mask[B, L] bool.)doc"
   m.def(
       "philox4x32",
       [](std::array<uint32_t, 4> counter, std::array<uint32_t, 2> key) {
-        const cuda::Philox4 r = cuda::philox4x32_10(cuda::Philox4{{counter[0], counter[1], counter[2], counter[3]}},
+        const Philox4 r = philox4x32_10(Philox4{{counter[0], counter[1], counter[2], counter[3]}},
                                                     key[0], key[1]);
         return py::make_tuple(r.v[0], r.v[1], r.v[2], r.v[3]);
       },

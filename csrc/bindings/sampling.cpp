@@ -74,7 +74,8 @@ void select_confident(py::handle confidence, py::handle x0, py::handle k, py::ha
 }
 
 void sample_greedy(py::handle logits_, py::handle token_, py::handle conf_, py::handle margin_, py::handle entropy_,
-                   int n_threads, const py::object& isa_name) {
+                   int n_threads, const py::object& isa_name, double temperature, uint64_t seed, uint64_t offset,
+                   py::handle row_ids_) {
   auto logits = view(logits_, "logits"), token = view(token_, "token"), conf = view(conf_, "confidence");
   for (auto* v : {&logits, &token, &conf}) v->expect_cpu();
   logits.expect_dtype({DType::f32, DType::bf16});
@@ -97,6 +98,17 @@ void sample_greedy(py::handle logits_, py::handle token_, py::handle conf_, py::
     entropy.expect_vector({DType::f32}, rows, "logits.shape[0]");
     p.entropy = entropy.ptr<float>();
   }
+  ILLADA_CHECK(std::isfinite(temperature) && temperature >= 0,
+               "temperature: must be finite and >= 0, got " << temperature);
+  TensorView row_ids;
+  if (!row_ids_.is_none()) {
+    row_ids = view(row_ids_, "row_ids");
+    row_ids.expect_vector({DType::i64}, rows, "logits.shape[0]");
+    p.row_ids = row_ids.ptr<int64_t>();
+  }
+  p.temperature = static_cast<float>(temperature);
+  p.seed = seed;
+  p.offset = offset;
   const int nt = threads_arg(n_threads);
   const cpu::Isa isa = isa_arg(isa_name);
   p.logits = logits.data;
@@ -117,12 +129,15 @@ void sample_greedy(py::handle logits_, py::handle token_, py::handle conf_, py::
 void register_sampling(py::module_& m) {
   m.def("sample_greedy", &sample_greedy, py::arg("logits"), py::arg("token"), py::arg("confidence"),
         py::arg("margin") = py::none(), py::arg("entropy") = py::none(), py::arg("n_threads") = 1,
-        py::arg("isa") = py::none(),
-        R"doc(Greedy masked-token sampling over rows of logits [R, V] (float32/bfloat16, row-strided allowed).
+        py::arg("isa") = py::none(), py::arg("temperature") = 0.0, py::arg("seed") = 0, py::arg("offset") = 0,
+        py::arg("row_ids") = py::none(),
+        R"doc(Masked-token sampling over rows of logits [R, V] (float32/bfloat16, row-strided allowed).
 
-Writes token[R] int64 = argmax (first among equal maxima), confidence[R] = its softmax probability (float32,
-or float64 computed in double precision throughout, as a float64 softmax),
-and optionally margin[R] = p(top1) - p(top2) and entropy[R] (nats), all float32.)doc");
+Writes token[R] int64 = argmax (first among equal maxima), or with temperature > 0 the argmax of logits +
+temperature * Gumbel noise drawn with Philox4x32-10 (key = seed; counter = (v / 4, row id, offset); row id =
+row_ids[r] or r) exactly as the CUDA kernel draws it; confidence[R] = the chosen token's softmax probability
+(float32, or float64 computed in double precision throughout, as a float64 softmax), and optionally
+margin[R] = p(top1) - p(top2) and entropy[R] (nats), all float32.)doc");
   m.def("select_confident", &select_confident, py::arg("confidence"), py::arg("x0"), py::arg("k"), py::arg("tokens"),
         py::arg("mask_id"), py::arg("transferred") = py::none(), py::arg("threshold") = py::none(),
         R"doc(Per row, write x0 into the k most confident positions of `tokens` that hold `mask_id`.

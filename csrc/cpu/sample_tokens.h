@@ -1,8 +1,7 @@
-// Masked-token sampling on the CPU, greedy: for each active position (a row of logits over the vocabulary)
-// one pass finds the argmax (first index among equal maxima, as torch.argmax) and, optionally, the runner-up
-// logit; a second pass over the same row (still in cache) sums exp(l - max). Outputs per row: the token, its
-// softmax probability (the confidence LLaDA's low_confidence remasking ranks by: 1 / sum), and optionally the
-// top-2 probability margin and the entropy (nats).
+// Masked-token sampling on the CPU: for each active position (a row of logits over the vocabulary) the argmax
+// (first index among equal maxima, as torch.argmax) or the Gumbel-max with a temperature, the softmax probability of
+// the chosen token (the confidence LLaDA's low_confidence remasking ranks by), and optionally the top-2 probability
+// margin and the entropy (nats).
 #pragma once
 #include <cstdint>
 
@@ -20,6 +19,11 @@ struct SampleGreedyParams {
                         // float64 softmax (Fast-dLLM's) to ~1e-15; float32: fp32 lanes flushed to double
   float* margin;        // [rows] out or null: p(top1) - p(top2)
   float* entropy;       // [rows] out or null: -sum p log p
+  float temperature;    // 0: token = argmax; > 0: token = argmax of logits + temperature * Gumbel noise, the noise
+  uint64_t seed;        //   drawn with Philox4x32-10 exactly as the CUDA kernel draws it (common/philox.h:
+  uint64_t offset;      //   noise_words(seed, offset, row id, v / 4), word v % 4, u = ((w >> 8) + 0.5) / 2^24,
+  const int64_t* row_ids;  // g = -log(-log u) in float32); row id = row_ids[r] (null: r). The confidence is the
+                        //   softmax probability of the chosen token either way.
   int n_threads;
 };
 

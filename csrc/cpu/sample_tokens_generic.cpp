@@ -1,9 +1,10 @@
-// Portable greedy sampling (see sample_tokens.h); also the dispatcher.
+// Portable sampling (see sample_tokens.h); also the dispatcher.
 #include <cmath>
 #include <limits>
 
-#include "sample_tokens.h"
 #include "gemm_w8a8.h"  // bf16_to_f32
+#include "sample_tokens.h"
+#include "sample_tokens_rows.h"
 
 namespace illada::cpu {
 
@@ -32,13 +33,15 @@ void sample_greedy_generic(const SampleGreedyParams& p) {
       s += e;
       if (e > 0) t += d * e;  // 0 * -inf is 0 here: a -inf logit adds nothing
     }
-    p.token[r] = arg;
-    if (p.confidence_f64)
-      static_cast<double*>(p.confidence)[r] = 1.0 / s;
-    else
-      static_cast<float*>(p.confidence)[r] = static_cast<float>(1.0 / s);
-    if (p.margin) p.margin[r] = static_cast<float>((1.0 - std::exp(static_cast<double>(m2) - m)) / s);
-    if (p.entropy) p.entropy[r] = static_cast<float>(std::log(s) - t / s);
+    double e_tok = 1.0;
+    if (p.temperature > 0) {
+      float best = -std::numeric_limits<float>::infinity();
+      int64_t noisy = -1;
+      noisy_argmax_scalar(p, row_id(p, r), at, 0, best, noisy);
+      if (noisy >= 0) arg = noisy, e_tok = std::exp(static_cast<double>(at(noisy)) - m);
+    }
+    const double e2 = std::exp(static_cast<double>(m2) - m);
+    p.entropy ? write_outputs<true>(p, r, arg, s, t, e2, e_tok) : write_outputs<false>(p, r, arg, s, t, e2, e_tok);
   }
 }
 
@@ -48,7 +51,7 @@ void sample_greedy(const SampleGreedyParams& p, Isa isa) {
   if (isa >= Isa::avx512) return sample_greedy_avx512(p);
 #endif
 #if defined(ILLADA_HAVE_AVX2)
-  if (isa >= Isa::avx2) return sample_greedy_avx2(p);
+  if (isa >= Isa::avx2 && !(p.temperature > 0)) return sample_greedy_avx2(p);  // Gumbel mode: AVX-512 or portable
 #endif
   (void)isa;
   sample_greedy_generic(p);

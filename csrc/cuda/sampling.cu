@@ -8,7 +8,7 @@
 #include <cmath>
 #include <string>
 
-#include "philox.cuh"
+#include "../common/philox.h"
 #include "sampling.cuh"
 
 namespace illada::cuda {

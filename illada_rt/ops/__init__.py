@@ -160,6 +160,39 @@ def sample_greedy(logits: torch.Tensor, conf_dtype: torch.dtype = torch.float32)
     return token.reshape(logits.shape[:-1]), conf.reshape(logits.shape[:-1])
 
 
+def sample_tokens(logits: torch.Tensor, conf_dtype: torch.dtype = torch.float32, temperature: float = 0.0,
+                  seed: int = 0, offset: int = 0, row_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits [R, V] -> (token [R], confidence [R]): the argmax, or with temperature > 0 the Gumbel-max of
+    logits + temperature * g with g drawn by Philox4x32-10 from (seed, row id, offset) - the same noise on CPU and
+    CUDA, so a seed gives the same tokens on every device (reference.gumbel_noise defines it); the confidence is
+    the chosen token's softmax probability (float32, or float64 in double precision). row_ids [R] (default 0..R-1)
+    names each row's noise stream, so a row's draw does not depend on its batch mates.
+
+    `generate` keeps LLaDA's own Gumbel noise (torch's generator, float64), so a seed reproduces the reference
+    decoder; this op is the fast path for callers that want device-independent sampling."""
+    if logits.dim() != 2 or logits.shape[-1] == 0:
+        raise ValueError(f"logits: expected [rows, vocab] with vocab >= 1, got shape {tuple(logits.shape)}")
+    if not (temperature >= 0 and temperature < float("inf")):
+        raise ValueError(f"temperature: must be finite and >= 0, got {temperature}")
+    if conf_dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"conf_dtype: float32 or float64, got {conf_dtype}")
+    seed, offset = int(seed) & (2**64 - 1), int(offset) & (2**64 - 1)
+    if (logits.is_cuda and logits.dtype in (torch.float32, torch.bfloat16, torch.float16)
+            and use_cuda_kernel("sample_tokens", logits)):
+        return _cuda.sample_tokens(logits, conf_dtype, temperature, seed, offset, row_ids)[:2]
+    kernel_isas = ("avx2", "avx512", "amx") if temperature == 0 else ("generic", "avx2", "avx512", "amx")
+    if use_cpu_kernel(logits) and logits.dtype in (torch.float32, torch.bfloat16) and cpu_isa() in kernel_isas:
+        rows = logits if logits.stride(-1) == 1 else logits.contiguous()
+        token = torch.empty(rows.shape[0], dtype=torch.int64)
+        conf = torch.empty(rows.shape[0], dtype=conf_dtype)
+        rid = None if row_ids is None else row_ids.to(torch.int64).contiguous()
+        _C.sample_greedy(rows, token, conf, None, None, _threads(), None, temperature=float(temperature), seed=seed,
+                         offset=offset, row_ids=rid)
+        return token, conf
+    rid = None if row_ids is None else row_ids.cpu().numpy()
+    return reference.sample_tokens(logits, conf_dtype, temperature, seed, offset, rid)
+
+
 def _threads() -> int:
     return max(1, torch.get_num_threads())
 

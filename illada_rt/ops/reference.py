@@ -158,6 +158,16 @@ def sample_gumbel(logits: torch.Tensor, temperature: float, seed: int, offset: i
     return torch.argmax(logits.float() + temperature * g, dim=-1)
 
 
+def sample_tokens(logits: torch.Tensor, conf_dtype: torch.dtype = torch.float32, temperature: float = 0.0,
+                  seed: int = 0, offset: int = 0, row_ids=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits [R, V] -> (token, confidence): the argmax (temperature 0) or sample_gumbel's Gumbel-max, and the
+    chosen token's softmax probability in conf_dtype (float32 softmax, or float64)."""
+    token = (torch.argmax(logits, dim=-1) if temperature == 0
+             else sample_gumbel(logits, temperature, seed, offset, row_ids))
+    p = F.softmax(logits.to(torch.promote_types(logits.dtype, conf_dtype)), dim=-1).to(conf_dtype)
+    return token, torch.gather(p, -1, token[..., None]).squeeze(-1)
+
+
 def select_threshold(confidence: torch.Tensor, x0: torch.Tensor, tokens: torch.Tensor, mask_id: int,
                      threshold: float) -> torch.Tensor:
     """Fast-dLLM's threshold transfer, per row (in place): sort the masked positions by confidence, transfer the

@@ -1,6 +1,7 @@
 // Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC'11): a counter-based generator,
 // so every (seed, row, vocabulary index) gets its own noise with no state and no ordering between threads.
-// Host and device share this code; the host copy is exposed for known-answer tests (Random123's vectors).
+// The CUDA sampling kernel, the CPU sampling kernels' Gumbel mode and the host known-answer tests (Random123's
+// vectors) share this code, so a seed draws the same noise on every device.
 #pragma once
 #include <cstdint>
 
@@ -10,7 +11,7 @@
 #define ILLADA_HD inline
 #endif
 
-namespace illada::cuda {
+namespace illada {
 
 struct Philox4 {
   uint32_t v[4];
@@ -39,4 +40,13 @@ ILLADA_HD Philox4 philox4x32_10(Philox4 ctr, uint32_t k0, uint32_t k1) {
 // A uniform in the open interval (0, 1) from the top 24 bits of a word: (x >> 8) * 2^-24 + 2^-25.
 ILLADA_HD float uniform_open01(uint32_t x) { return (static_cast<float>(x >> 8) + 0.5f) * (1.0f / 16777216.0f); }
 
-}  // namespace illada::cuda
+// The sampling kernels' noise layout: the four words for vocabulary indices 4 v4 .. 4 v4 + 3 of a row with counter id
+// `row_id` (word v % 4 for index v): counter (v4, row_id low, offset low, offset high ^ row_id high), key = seed.
+ILLADA_HD Philox4 noise_words(uint64_t seed, uint64_t offset, uint64_t row_id, uint32_t v4) {
+  return philox4x32_10(Philox4{{v4, static_cast<uint32_t>(row_id), static_cast<uint32_t>(offset),
+                                static_cast<uint32_t>(offset >> 32) ^ static_cast<uint32_t>(row_id >> 32)}},
+                       static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
+}
+
+}  // namespace illada
+
