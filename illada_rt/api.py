@@ -220,7 +220,8 @@ class Model:
             raise ValueError("chat=True needs text prompts (a str or a list of str)")
         ids, attn = self._as_batch(prompt, attention_mask)
         self._check_length(ids.shape[1] + (gen_length or max_new_tokens))
-        generator = None if seed is None else torch.Generator(device=self.device).manual_seed(seed)
+        # a CPU generator on every device: the sampling noise it keys is device-independent
+        generator = None if seed is None else torch.Generator().manual_seed(seed)
         common = dict(steps=steps, block_length=block_length, temperature=float(temperature), remasking=remasking,
                       generator=generator, callback=callback)
         fast = dict(threshold=threshold, factor=factor, cache=cache)

@@ -55,19 +55,26 @@ def propose(logits: torch.Tensor, temperature: float, remasking: str, generator:
     """logits [B, L, V] float32 -> (x0 [B, L] int64, confidence [B, L] in conf_dtype).
 
     LLaDA's generate.py takes the softmax in the logits' dtype (float32 here); Fast-dLLM in float64.
+    temperature > 0 samples the Gumbel-max of logits + temperature * g (LLaDA's add_gumbel_noise has the same
+    argmax) with the sampling kernels' Philox noise, keyed by a 63-bit draw from `generator` (a CPU generator, or
+    torch's global one): the same seed draws the same noise on every device. `random` remasking draws its scores
+    from the same generator.
     """
     if temperature == 0 and remasking == "low_confidence":
         return ops.sample_greedy(logits, conf_dtype)  # one fused pass: argmax and its softmax probability
+    B, L, V = logits.shape
     if temperature > 0:
-        # Gumbel-max in float64 exactly as the reference writes it: exp(l) / (-log u)^T.
-        noise = torch.rand(logits.shape, dtype=torch.float64, device=logits.device, generator=generator)
-        x0 = torch.argmax(logits.to(torch.float64).exp() / (-torch.log(noise)) ** temperature, dim=-1)
+        key = int(torch.randint(0, 2**63 - 1, (), generator=generator))
+        x0, conf = ops.sample_tokens(logits.reshape(B * L, V), conf_dtype, temperature, seed=key)
+        x0, conf = x0.reshape(B, L), conf.reshape(B, L)
+        if remasking == "low_confidence":
+            return x0, conf
     else:
         x0 = torch.argmax(logits, dim=-1)
     if remasking == "low_confidence":
         conf = torch.gather(F.softmax(logits.to(conf_dtype), dim=-1), -1, x0[..., None]).squeeze(-1)
     else:
-        conf = torch.rand(x0.shape, device=x0.device, generator=generator)
+        conf = torch.rand(x0.shape, generator=generator).to(x0.device)
     return x0, conf
 
 

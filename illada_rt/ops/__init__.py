@@ -163,13 +163,11 @@ def sample_greedy(logits: torch.Tensor, conf_dtype: torch.dtype = torch.float32)
 def sample_tokens(logits: torch.Tensor, conf_dtype: torch.dtype = torch.float32, temperature: float = 0.0,
                   seed: int = 0, offset: int = 0, row_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """logits [R, V] -> (token [R], confidence [R]): the argmax, or with temperature > 0 the Gumbel-max of
-    logits + temperature * g with g drawn by Philox4x32-10 from (seed, row id, offset) - the same noise on CPU and
-    CUDA, so a seed gives the same tokens on every device (reference.gumbel_noise defines it); the confidence is
+    logits + temperature * g with g drawn by Philox4x32-10 from (seed, row id, offset), the same noise on CPU and
+    CUDA (reference.gumbel_noise defines it); the confidence is
     the chosen token's softmax probability (float32, or float64 in double precision). row_ids [R] (default 0..R-1)
-    names each row's noise stream, so a row's draw does not depend on its batch mates.
-
-    `generate` keeps LLaDA's own Gumbel noise (torch's generator, float64), so a seed reproduces the reference
-    decoder; this op is the fast path for callers that want device-independent sampling."""
+    names each row's noise stream, so a row's draw does not depend on its batch mates. `generate` samples with it
+    when temperature > 0 (decoding/llada.py: propose)."""
     if logits.dim() != 2 or logits.shape[-1] == 0:
         raise ValueError(f"logits: expected [rows, vocab] with vocab >= 1, got shape {tuple(logits.shape)}")
     if not (temperature >= 0 and temperature < float("inf")):
