@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check: on a machine with a CUDA GPU, PyTorch (CUDA), nvcc, cmake, ninja, pybind11 and scikit-build-core
 # (no network needed): build the extension for this GPU, run the GPU tests (pytest -m gpu), run the GPU benches, and
-# write a log, the test results, the bench JSON and a report table under $OUT (default ./gpu-check-out).
+# write a log, the sanitizer and test logs, the bench JSON and a report table under $OUT (default ./gpu-check-out): at
+# most 8 files, what the device tool brings back.
 # Designed to finish in well under 10 minutes (build ~2-3 min on 16 cores, tests ~1-2 min, benches ~3 min).
 #
 #     OUT=/tmp/out bash bench/gpu_check.sh
@@ -35,9 +36,15 @@ grep -E "ptxas info *: Used|spill" "$OUT/build.log" | sort | uniq -c | tail -20 
 (cd /tmp && $PY -c "import json, illada_rt; print(json.dumps(illada_rt.capabilities(), indent=1))") \
   >"$OUT/capabilities.json" 2>&1 || status=1
 
+say "sanity run of every kernel (under compute-sanitizer memcheck when it is there)"
+SAN=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
+(cd /tmp && timeout 180 ${SAN:+$SAN --tool memcheck --error-exitcode 3} $PY "$ROOT/bench/gpu_sanity.py") \
+  >"$OUT/sanitizer.log" 2>&1 || status=1
+tail -15 "$OUT/sanitizer.log" | tee -a "$LOG"
+
 say "GPU tests"
-(cd "$ROOT/tests" && timeout 300 $PY -m pytest -q -p no:cacheprovider --rootdir=.. -m gpu ../tests -ra \
-  --junitxml="$OUT/gpu-tests.xml") >"$OUT/tests.log" 2>&1 || status=1
+(cd "$ROOT/tests" && timeout 300 $PY -m pytest -q -p no:cacheprovider --rootdir=.. -m gpu ../tests -ra) \
+  >"$OUT/tests.log" 2>&1 || status=1
 tail -25 "$OUT/tests.log" | tee -a "$LOG"
 
 say "GPU benches"
@@ -45,7 +52,7 @@ say "GPU benches"
   --benchmark-columns=median,rounds --benchmark-json="$OUT/bench-cuda.json") >"$OUT/bench.log" 2>&1 || status=1
 tail -8 "$OUT/bench.log" | tee -a "$LOG"
 if [ -s "$OUT/bench-cuda.json" ]; then
-  $PY bench/report.py "$OUT/bench-cuda.json" --json "$OUT/report.json" >"$OUT/report.md" 2>&1 || status=1
+  $PY bench/report.py "$OUT/bench-cuda.json" >"$OUT/report.md" 2>&1 || status=1
   $PY - "$OUT/bench-cuda.json" <<'PYEOF' >>"$OUT/report.md" 2>&1 || status=1
 import json, sys
 doc = json.load(open(sys.argv[1]))
