@@ -158,3 +158,13 @@ def test_select_binding_validates(change, exc, match):
     with pytest.raises(exc, match=match):
         C.select_transfer(args["confidence"], args["x0"], args["tokens"], 9, args["k"], args["threshold"], None,
                           args["transfer_mask"], 0, 0)
+
+
+def test_philox_torch_matches_numpy_reference():
+    """The torch Philox (any device; what the reference ops use on a GPU) equals the NumPy definition."""
+    rng = np.random.default_rng(1)
+    counters = rng.integers(0, 2**32, size=(256, 4), dtype=np.uint64).astype(np.uint32)
+    key = (int(rng.integers(0, 2**32)), int(rng.integers(0, 2**32)))
+    t = torch.from_numpy(counters.astype(np.int64))
+    got = torch.stack(reference.philox4x32_10_torch(t[:, 0], t[:, 1], t[:, 2], t[:, 3], key), -1)
+    assert np.array_equal(got.numpy().astype(np.uint32), reference.philox4x32_10(counters, key))

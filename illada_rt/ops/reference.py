@@ -134,27 +134,51 @@ def philox4x32_10(counter: np.ndarray, key: tuple[int, int]) -> np.ndarray:
     return c.astype(np.uint32)
 
 
-def gumbel_noise(rows: int, vocab: int, seed: int, offset: int = 0, row_ids=None) -> torch.Tensor:
-    """The CUDA sampling kernel's Gumbel noise, float32 [rows, vocab]: for row r (counter id row_ids[r], default r)
-    and index v, word v % 4 of Philox(counter = (v // 4, id & 0xffffffff, offset & 0xffffffff,
+def _mulhilo32(a: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hi, lo) 32-bit words of m * a for int64 tensors holding 32-bit values, without overflowing int64: split the
+    product at bit 16 (m * a = h1 2^32 + h0 2^16 + p_lo with every part below 2^49)."""
+    p_lo = (a & 0xFFFF) * m
+    p_hi = (a >> 16) * m
+    t = ((p_hi & 0xFFFF) << 16) + p_lo
+    return (p_hi >> 16) + (t >> 32), t & 0xFFFFFFFF
+
+
+def philox4x32_10_torch(c0, c1, c2, c3, key: tuple[int, int]) -> tuple[torch.Tensor, ...]:
+    """philox4x32_10 on int64 tensors (32-bit values, broadcastable), on any device: the four output words."""
+    k0, k1 = key[0] & 0xFFFFFFFF, key[1] & 0xFFFFFFFF
+    for _ in range(10):
+        hi0, lo0 = _mulhilo32(c0, 0xD2511F53)
+        hi1, lo1 = _mulhilo32(c2, 0xCD9E8D57)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+        k0, k1 = (k0 + 0x9E3779B9) & 0xFFFFFFFF, (k1 + 0xBB67AE85) & 0xFFFFFFFF
+    return c0, c1, c2, c3
+
+
+def gumbel_noise(rows: int, vocab: int, seed: int, offset: int = 0, row_ids=None,
+                 device: torch.device | str = "cpu") -> torch.Tensor:
+    """The sampling kernels' Gumbel noise, float32 [rows, vocab] on `device`: for row r (counter id row_ids[r],
+    default r) and index v, word v % 4 of Philox(counter = (v // 4, id & 0xffffffff, offset & 0xffffffff,
     (offset >> 32) ^ (id >> 32)), key = (seed & 0xffffffff, seed >> 32)), mapped to u = ((w >> 8) + 0.5) / 2^24 and
     then g = -log(-log(u)) in float32."""
-    ids = np.arange(rows, dtype=np.uint64) if row_ids is None else np.asarray(row_ids, dtype=np.int64).astype(np.uint64)
+    seed, offset = seed & (2**64 - 1), offset & (2**64 - 1)
+    ids = (torch.arange(rows, dtype=torch.int64) if row_ids is None
+           else torch.as_tensor(np.asarray(row_ids, dtype=np.int64)))
+    ids = ids.to(device)
     n4 = (vocab + 3) // 4
-    ctr = np.zeros((rows, n4, 4), dtype=np.uint64)
-    ctr[..., 0] = np.arange(n4, dtype=np.uint64)[None, :]
-    ctr[..., 1] = (ids & np.uint64(0xFFFFFFFF))[:, None]
-    ctr[..., 2] = np.uint64(offset & 0xFFFFFFFF)
-    ctr[..., 3] = (np.uint64((offset >> 32) & 0xFFFFFFFF) ^ (ids >> np.uint64(32)))[:, None]
-    words = philox4x32_10(ctr, (seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF)).reshape(rows, n4 * 4)[:, :vocab]
-    u = ((words >> 8).astype(np.float32) + np.float32(0.5)) * np.float32(1.0 / 16777216.0)
-    return torch.from_numpy(-np.log(-np.log(u)))
+    c0 = torch.arange(n4, dtype=torch.int64, device=device)[None, :]
+    c1 = (ids & 0xFFFFFFFF)[:, None]
+    c2 = torch.full((1, 1), offset & 0xFFFFFFFF, dtype=torch.int64, device=device)
+    c3 = (((offset >> 32) & 0xFFFFFFFF) ^ ((ids >> 32) & 0xFFFFFFFF))[:, None]
+    words = torch.stack(philox4x32_10_torch(c0, c1, c2, c3, (seed, seed >> 32)), dim=-1)
+    words = words.reshape(rows, n4 * 4)[:, :vocab]
+    u = ((words >> 8).to(torch.float32) + 0.5) * (1.0 / 16777216.0)
+    return -torch.log(-torch.log(u))
 
 
 def sample_gumbel(logits: torch.Tensor, temperature: float, seed: int, offset: int = 0, row_ids=None) -> torch.Tensor:
     """Gumbel-max over rows of logits [R, V]: argmax(logits + temperature * gumbel_noise(...)), the CUDA kernel's
     rule (LLaDA's add_gumbel_noise, exp(l) / (-log u)^T, has the same argmax)."""
-    g = gumbel_noise(logits.shape[0], logits.shape[1], seed, offset, row_ids).to(logits.device)
+    g = gumbel_noise(logits.shape[0], logits.shape[1], seed, offset, row_ids, device=logits.device)
     return torch.argmax(logits.float() + temperature * g, dim=-1)
 
 
