@@ -234,3 +234,23 @@ def fastdllm_generate(weights, prompt, *, steps, gen_length, block_length, mask_
                 seg[tr] = x0[tr]
             i += 1
     return x, nfe
+
+
+def fastdllm_threshold_select(confidence: torch.Tensor, x0: torch.Tensor, tokens: torch.Tensor, mask_id: int,
+                              threshold: float) -> torch.Tensor:
+    """Fast-dLLM's threshold transfer as get_transfer_index writes it, per row (in place): sort the masked
+    positions by confidence, transfer the first always and each following one whose confidence is >= threshold.
+    Returns the transfer mask [B, L]."""
+    take = torch.zeros(tokens.shape, dtype=torch.bool, device=tokens.device)
+    for b in range(tokens.shape[0]):
+        cand = tokens[b] == mask_id
+        n = int(cand.sum())
+        if n == 0:
+            continue
+        conf = torch.where(cand, confidence[b].double(), torch.full_like(confidence[b], float("-inf"), dtype=torch.float64))
+        order = torch.topk(conf, n).indices
+        keep = conf[order] >= threshold
+        keep[0] = True
+        take[b, order[keep]] = True
+    tokens[take] = x0[take]
+    return take

@@ -9,6 +9,7 @@ import illada_rt
 from illada_rt import ops
 from illada_rt.ops import cuda as cuda_ops
 from illada_rt.ops import reference
+from independent import fastdllm_threshold_select
 
 C = cuda_ops._C_cuda
 HAS_GPU = C is not None and torch.cuda.is_available() and C.device_count() > 0
@@ -203,7 +204,7 @@ def test_select_threshold_matches_fast_dllm_rule(threshold, conf_dtype):
     ours, ref = tokens.clone(), tokens.clone()
     n = torch.empty(6, dtype=torch.long, device="cuda")
     cuda_ops.select_transfer(conf, x0, ours, mask_id, threshold=threshold, transferred=n)
-    take = reference.select_threshold(conf, x0, ref, mask_id, threshold)
+    take = fastdllm_threshold_select(conf, x0, ref, mask_id, threshold)
     assert torch.equal(ours, ref)
     assert torch.equal(n, take.sum(-1))
     assert n[5].item() == 0 and (n[:5] >= 1).all()

@@ -4,6 +4,7 @@ import torch
 
 from illada_rt import _C
 from illada_rt.ops import reference
+from independent import fastdllm_threshold_select
 
 MASK = 7
 
@@ -131,7 +132,7 @@ def test_threshold_mode_is_fast_dllm_rule(B, L, dtype, threshold):
             tokens[0] = 1  # a row with no candidate
         sorted_rule, via_counts, got = tokens.clone(), tokens.clone(), tokens.clone()
         n = torch.zeros(B, dtype=torch.long)
-        take = reference.select_threshold(conf, x0, sorted_rule, MASK, threshold)
+        take = fastdllm_threshold_select(conf, x0, sorted_rule, MASK, threshold)
         reference.select_confident(conf, x0, None, via_counts, MASK, threshold=threshold)
         _C.select_confident(conf, x0, None, got, MASK, n, threshold)
         assert torch.equal(got, sorted_rule) and torch.equal(got, via_counts)

@@ -10,7 +10,6 @@ import os
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from . import cuda as _cuda
 from . import reference
@@ -137,26 +136,10 @@ def select_confident(confidence: torch.Tensor, x0: torch.Tensor, k: torch.Tensor
 
 
 def sample_greedy(logits: torch.Tensor, conf_dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    """logits [..., V] float32/bfloat16 -> (token [...] int64 = argmax, confidence [...] = its softmax probability
-    in conf_dtype: float32, or float64 computed in double precision as a float64 softmax is). The compiled kernel
-    runs where the CPU has AVX2 or AVX-512 (its portable version is slower than PyTorch's vectorized softmax, so
-    without AVX2 this is the reference). On CUDA the sampling kernel runs when enabled (ops/cuda.py)."""
-    if (logits.is_cuda and conf_dtype in (torch.float32, torch.float64) and logits.shape[-1] > 0
-            and logits.dtype in (torch.float32, torch.bfloat16, torch.float16)
-            and use_cuda_kernel("sample_tokens", logits)):
-        return _cuda.sample_tokens(logits, conf_dtype)[:2]
-    if not (use_cpu_kernel(logits) and cpu_isa() in ("avx2", "avx512", "amx")
-            and conf_dtype in (torch.float32, torch.float64)
-            and logits.dtype in (torch.float32, torch.bfloat16) and logits.shape[-1] > 0):
-        p = F.softmax(logits.to(conf_dtype), dim=-1)
-        token = torch.argmax(logits, dim=-1)
-        return token, torch.gather(p, -1, token[..., None]).squeeze(-1)
+    """logits [..., V] -> (token [...] int64 = argmax, confidence [...] = its softmax probability in conf_dtype:
+    float32, or float64 computed in double precision as a float64 softmax is): sample_tokens at temperature 0."""
     rows = logits.reshape(-1, logits.shape[-1])
-    if rows.stride(-1) != 1:
-        rows = rows.contiguous()
-    token = torch.empty(rows.shape[0], dtype=torch.int64)
-    conf = torch.empty(rows.shape[0], dtype=conf_dtype)
-    _C.sample_greedy(rows, token, conf, None, None, _threads())
+    token, conf = sample_tokens(rows, conf_dtype)
     return token.reshape(logits.shape[:-1]), conf.reshape(logits.shape[:-1])
 
 
@@ -164,10 +147,12 @@ def sample_tokens(logits: torch.Tensor, conf_dtype: torch.dtype = torch.float32,
                   seed: int = 0, offset: int = 0, row_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """logits [R, V] -> (token [R], confidence [R]): the argmax, or with temperature > 0 the Gumbel-max of
     logits + temperature * g with g drawn by Philox4x32-10 from (seed, row id, offset), the same noise on CPU and
-    CUDA (reference.gumbel_noise defines it); the confidence is
-    the chosen token's softmax probability (float32, or float64 in double precision). row_ids [R] (default 0..R-1)
-    names each row's noise stream, so a row's draw does not depend on its batch mates. `generate` samples with it
-    when temperature > 0 (decoding/llada.py: propose)."""
+    CUDA (reference.gumbel_noise defines it); the confidence is the chosen token's softmax probability (float32, or
+    float64 in double precision). row_ids [R] (default 0..R-1) names each row's noise stream, so a row's draw does
+    not depend on its batch mates. `generate` samples with it (decoding/llada.py: propose).
+
+    The CPU kernel runs with AVX2 or AVX-512; its portable version is slower than PyTorch's softmax at temperature
+    0, so without AVX2 it serves only the Gumbel mode. The CUDA kernel runs when enabled (ops/cuda.py)."""
     if logits.dim() != 2 or logits.shape[-1] == 0:
         raise ValueError(f"logits: expected [rows, vocab] with vocab >= 1, got shape {tuple(logits.shape)}")
     if not (temperature >= 0 and temperature < float("inf")):

@@ -190,22 +190,3 @@ def sample_tokens(logits: torch.Tensor, conf_dtype: torch.dtype = torch.float32,
              else sample_gumbel(logits, temperature, seed, offset, row_ids))
     p = F.softmax(logits.to(torch.promote_types(logits.dtype, conf_dtype)), dim=-1).to(conf_dtype)
     return token, torch.gather(p, -1, token[..., None]).squeeze(-1)
-
-
-def select_threshold(confidence: torch.Tensor, x0: torch.Tensor, tokens: torch.Tensor, mask_id: int,
-                     threshold: float) -> torch.Tensor:
-    """Fast-dLLM's threshold transfer, per row (in place): sort the masked positions by confidence, transfer the
-    first always and each following one whose confidence is >= threshold. Returns the transfer mask [B, L]."""
-    take = torch.zeros(tokens.shape, dtype=torch.bool, device=tokens.device)
-    for b in range(tokens.shape[0]):
-        cand = tokens[b] == mask_id
-        n = int(cand.sum())
-        if n == 0:
-            continue
-        conf = torch.where(cand, confidence[b].double(), torch.full_like(confidence[b], float("-inf"), dtype=torch.float64))
-        order = torch.topk(conf, n).indices
-        keep = conf[order] >= threshold
-        keep[0] = True
-        take[b, order[keep]] = True
-    tokens[take] = x0[take]
-    return take
