@@ -51,25 +51,49 @@ def test_bf16_compute_close_to_fp32(checkpoints):
     m32 = illada_rt.load(checkpoints["llada_bf16"], dtype=torch.float32)
     ids = _ids(2, 21, seed=3)
     a, b = m16.forward(ids), m32.forward(ids)
-    # bf16 has an 8-bit mantissa: relative error of the logits stays at the percent level on this tiny model.
+    # bf16 compute (8-bit mantissa) over the same stored weights: 0.8% relative error and 0.17 at most on logits
+    # of magnitude ~15 measured; the bounds are 2.5x and 3x that
     rel = (a - b).norm() / b.norm()
-    assert rel < 0.05, float(rel)
-    assert (a.argmax(-1) == b.argmax(-1)).float().mean() > 0.8
+    assert rel < 0.02, float(rel)
+    assert float((a - b).abs().max()) < 0.5
+    # argmax: every position agrees here (97.6% on other inputs, where a top-two gap of 0.017 flips); the bound
+    # leaves room for one flip among the near-ties
+    agree = a.argmax(-1) == b.argmax(-1)
+    assert agree.float().mean() >= 0.97, float(agree.float().mean())
 
 
-def test_padding_mask_and_positions(checkpoints):
+def _positions_seen(m, monkeypatch):
+    """Record the RoPE positions Model.forward hands the transformer (None: the default 0..T-1)."""
+    seen = []
+    real = m.transformer.forward
+
+    def spy(ids, key_mask=None, positions=None, *args, **kwargs):
+        seen.append(torch.arange(ids.shape[1]).expand(ids.shape) if positions is None else positions.clone())
+        return real(ids, key_mask, positions, *args, **kwargs)
+
+    monkeypatch.setattr(m.transformer, "forward", spy)
+    return seen
+
+
+def test_padding_mask_and_positions(checkpoints, monkeypatch):
     """A left-padded row gives the same logits as the row alone (real key mask + shifted positions)."""
     m = illada_rt.load(checkpoints["llada_gqa"])
+    seen = _positions_seen(m, monkeypatch)
     ids = _ids(2, 16, seed=9)
     attn = torch.ones(2, 16, dtype=torch.long)
     attn[1, :5] = 0
     batched = m.forward(ids, attention_mask=attn)
+    # RoPE is relative, so unshifted positions would change these logits by rounding only (6.7e-6): the positions
+    # themselves are checked. Each row's first real token is at position 0.
+    (pos,) = seen
+    assert pos[0].tolist() == list(range(16))
+    assert pos[1, 5:].tolist() == list(range(11))
     alone = m.forward(ids[1:, 5:])
     torch.testing.assert_close(batched[1, 5:], alone[0], atol=1e-5, rtol=0)  # fp32 reassociation only
     torch.testing.assert_close(batched[0], m.forward(ids[:1])[0], atol=1e-5, rtol=0)
     # and against the independent model with its own mask and positions
-    pos = (attn.cumsum(1) - 1).clamp(min=0)
-    want = independent_forward(load_weights(checkpoints["llada_gqa"]), ids, attn.bool(), pos)
+    want = independent_forward(load_weights(checkpoints["llada_gqa"]), ids, attn.bool(),
+                               torch.tensor([list(range(16)), [0] * 5 + list(range(11))]))
     torch.testing.assert_close(batched[1, 5:].double(), want[1, 5:], atol=ATOL_FP32, rtol=0)
 
 
