@@ -13,6 +13,7 @@ ISAS = ops.cpu_isas()
 SHAPES = [  # B, Hq, Hkv, Tq, Tk, D
     (1, 2, 2, 1, 1, 128), (2, 4, 2, 33, 70, 128), (1, 8, 8, 32, 192, 128), (2, 4, 1, 5, 17, 64),
     (3, 6, 3, 50, 129, 64), (1, 4, 4, 130, 300, 128), (2, 2, 1, 7, 9, 32), (1, 3, 1, 4, 20, 80),
+    (1, 4, 2, 40, 2048, 128), (2, 2, 1, 25, 1999, 64),  # long contexts: 16 key blocks, and a ragged last one
 ]
 
 
@@ -65,6 +66,29 @@ def test_fully_masked_rows_are_zero_and_padding_keys_are_ignored(isa):
     k2[0, :, masked_key] += 100
     v2[0, :, masked_key] -= 100
     torch.testing.assert_close(_run(q, k2, v2, mask, isa)[0], got[0], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("D", [64, 128])
+def test_left_padding_over_whole_key_blocks(isa, dtype, D):
+    """Left padding as a batch of prompts has it: whole 128-key blocks of masked keys, then live keys (the kernel's
+    online softmax starts from blocks where every key is masked), up to 2048 keys, with Tq != Tk (cache steps)."""
+    q, k, v, _ = _inputs(3, 4, 2, 37, 2048, D, dtype, seed=5)
+    mask = torch.ones(3, 2048, dtype=torch.bool)
+    mask[0, :128] = False          # exactly one block
+    mask[1, :1000] = False         # seven blocks and part of the eighth
+    mask[2, :2047] = False         # one live key, in the last block
+    got = _run(q, k, v, mask, isa)
+    exact = reference.attention(q.double(), k.double(), v.double(), mask)
+    if dtype == torch.float32:
+        torch.testing.assert_close(got.double(), exact, rtol=0, atol=2e-5)
+    else:
+        torch_err = (reference.attention(q, k, v, mask).double() - exact).abs().max()
+        assert (got.double() - exact).abs().max() <= 2 * torch_err + 1e-6
+    # a single live key: every query row returns that key's value
+    torch.testing.assert_close(got[2].double(), v[2, :, -1:].repeat_interleave(2, 0).expand(4, 37, D).double(),
+                               rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("isa", ISAS)
