@@ -5,6 +5,7 @@ rendered with a sandboxed Jinja environment (templates are data: nothing from a 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from .errors import ConfigError
@@ -83,13 +84,32 @@ class Tokenizer:
         self.special_ids = {role: self.token_to_id(s) for role, s in self.special.items()}
         self.special_ids = {r: i for r, i in self.special_ids.items() if i is not None}
         self._all_special = set(self.special_ids.values())
+        self._special_text = None  # regex of special-token strings that encode() maps to their ids itself
         if self._hf is not None:
+            self._add_hf_specials()
             self._all_special |= {i for i, t in self._hf.get_added_tokens_decoder().items() if t.special}
         else:
-            self._all_special |= {i for i in range(self._sp.get_piece_size())
-                                  if self._sp.is_control(i) or self._sp.is_unknown(i)}
+            control = {i for i in range(self._sp.get_piece_size()) if self._sp.is_control(i) or self._sp.is_unknown(i)}
+            self._all_special |= control
             if "mask" in self.special_ids:
                 self._all_special.add(self.special_ids["mask"])
+            # sentencepiece spells control pieces (<s>, </s>) typed in text out as ordinary pieces or bytes (it keeps
+            # user-defined symbols such as the mask token whole: those it encodes itself)
+            pieces = {self._sp.id_to_piece(i) for i in control} | {self.special[r] for r in self.special_ids}
+            pieces = {p for p in pieces if self._sp.piece_to_id(p) not in self._sp.encode(p)}
+            if pieces:
+                self._special_text = re.compile("(" + "|".join(map(re.escape, sorted(pieces, key=len, reverse=True)))
+                                                + ")")
+
+    def _add_hf_specials(self) -> None:
+        """Declared special tokens that tokenizer.json has only in its vocabulary become added tokens (same ids), so
+        the tokenizers library matches them in text as it matches its own added tokens."""
+        from tokenizers import AddedToken
+
+        added = {t.content for t in self._hf.get_added_tokens_decoder().values()}
+        missing = [self.special[r] for r in self.special_ids if self.special[r] not in added]
+        if missing:
+            self._hf.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in dict.fromkeys(missing)])
 
     # -- lookups ----------------------------------------------------------------------------------
     @property
@@ -120,13 +140,21 @@ class Tokenizer:
 
     # -- text -------------------------------------------------------------------------------------
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        """Token ids of text. Special tokens written in the text (a chat template's <s>, </s>, <|eot_id|>, the mask
+        token of an infilling prompt) become their ids with either backend, as Hugging Face tokenizers do;
+        add_special_tokens=True also prepends BOS where the tokenizer's config asks for it."""
         if not isinstance(text, str):
             raise TypeError(f"text: expected str, got {type(text).__name__}")
         if self._hf is not None:
             return self._hf.encode(text, add_special_tokens=add_special_tokens).ids
-        # sentencepiece treats user-defined symbols (the mask token) atomically, so "<|mdm_mask|>" in text
-        # becomes the mask id: that is how infilling prompts are written.
-        ids = self._sp.encode(text)
+        # Text between special tokens is encoded piece by piece (each with sentencepiece's leading-space marker, as
+        # Hugging Face's legacy Llama tokenizer does).
+        ids = []
+        for k, part in enumerate(self._special_text.split(text) if self._special_text else [text]):
+            if k % 2:
+                ids.append(self._sp.piece_to_id(part))
+            elif part:
+                ids += self._sp.encode(part)
         if add_special_tokens and self.add_bos and "bos" in self.special_ids:
             ids = [self.special_ids["bos"]] + ids
         return ids

@@ -161,3 +161,43 @@ def test_callback_sees_every_step(text_model):
     assert filled[0, -8:].tolist() == [1] * 8 and int(filled.sum()) == 8
     with pytest.raises(TypeError, match="callback"):
         text_model.generate("x", gen_length=8, steps=4, block_length=8, callback=3)
+
+
+LLAMA2_CHAT_TEMPLATE = ("{% for m in messages %}{% if m['role'] == 'user' %}{{ bos_token + '[INST] ' + m['content'] + "
+                        "' [/INST]' }}{% else %}{{ ' ' + m['content'] + eos_token }}{% endif %}{% endfor %}")
+TURNS = [{"role": "user", "content": "Who made light?"}, {"role": "assistant", "content": "God."},
+         {"role": "user", "content": "And darkness?"}]
+
+
+def test_chat_special_tokens_sentencepiece(tmp_path):
+    """<s> / </s> rendered by a chat template are the control ids 2 / 3, not the characters spelled out."""
+    import sentencepiece as spm
+
+    d = write_sp_tokenizer(tmp_path / "sp")
+    (d / "tokenizer_config.json").write_text(json.dumps({"chat_template": LLAMA2_CHAT_TEMPLATE}))
+    tok = Tokenizer(d)
+    text = tok.apply_chat_template(TURNS, add_generation_prompt=False)
+    assert text == "<s>[INST] Who made light? [/INST] God.</s><s>[INST] And darkness? [/INST]"
+    sp = spm.SentencePieceProcessor(model_file=str(d / "tokenizer.model"))
+    want = [2] + sp.encode("[INST] Who made light? [/INST] God.") + [3, 2] + sp.encode("[INST] And darkness? [/INST]")
+    assert tok.encode(text) == want
+    assert tok.encode("the <|mdm_mask|> of God") == sp.encode("the <|mdm_mask|> of God")  # kept whole by sp itself
+
+
+def test_chat_special_tokens_hf_vocabulary_only(tmp_path):
+    """A tokenizer.json that has its declared BOS / EOS in the vocabulary but not among its added tokens: the
+    rendered template's special tokens still map to their ids, as they do when they are added tokens."""
+    from tokenizers import Tokenizer as HFTokenizer
+
+    d = write_hf_tokenizer(tmp_path / "hf")
+    reference = HFTokenizer.from_file(str(d / "tokenizer.json"))   # all specials are added tokens here
+    j = json.loads((d / "tokenizer.json").read_text())
+    j["added_tokens"] = [t for t in j["added_tokens"] if t["content"] not in ("<|startoftext|>", "<|endoftext|>")]
+    (d / "tokenizer.json").write_text(json.dumps(j))
+    tok = Tokenizer(d)
+    text = tok.apply_chat_template(TURNS[:1]) + "God.<|endoftext|>"
+    want = reference.encode(text, add_special_tokens=False).ids
+    assert want[0] == j["model"]["vocab"]["<|startoftext|>"] and want[-1] == j["model"]["vocab"]["<|endoftext|>"]
+    assert tok.encode(text) == want
+    assert tok.vocab_size == reference.get_vocab_size(with_added_tokens=True)
+    assert tok.decode(want, skip_special_tokens=True) == reference.decode(want, skip_special_tokens=True)
