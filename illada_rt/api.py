@@ -336,10 +336,15 @@ class Model:
         return text
 
 
-def load(path=None, device="cpu", dtype=None, mask_token_id: int | None = None) -> Model:
+def load(path=None, device="cpu", dtype=None, mask_token_id: int | None = None, strict: bool = True) -> Model:
     """Load a LLaDA or Llama-style (iLLaDA) checkpoint directory (config.json + safetensors).
 
     path=None loads the embedded default model (illada_rt/assets/default).
+    A checkpoint this runtime cannot run correctly is refused with a ConfigError / CheckpointError naming the field
+    or tensor: config.json fields that change the architecture (rope_scaling, an activation other than SiLU,
+    biases, QK-norm, logit scaling, ... : config.ARCHITECTURE_FIELDS), weights stored as integers without a
+    quantization_config, NaN or infinite weights, tensors that belong to no part of the configured model.
+    strict=False loads such a checkpoint anyway, with a warning for each problem.
     """
     directory = DEFAULT_MODEL if path is None else Path(path)
     if not directory.is_dir():
@@ -347,10 +352,10 @@ def load(path=None, device="cpu", dtype=None, mask_token_id: int | None = None) 
             raise ConfigError(f"the embedded default model is missing from this install ({directory}); "
                               f"reinstall illada-rt or pass a checkpoint directory")
         raise ConfigError(f"{directory}: checkpoint directory does not exist")
-    cfg = read_config(directory)
+    cfg = read_config(directory, strict=strict)
     dev = _resolve_device(device)
     tokenizer = load_tokenizer(directory)
     mask_id = _resolve_mask_id(cfg, directory, tokenizer, mask_token_id)
     store = WeightStore(directory)
     dt = _resolve_dtype(dtype, dev, store)
-    return Model(directory, cfg, Transformer(cfg, store, dev, dt), mask_id, tokenizer)
+    return Model(directory, cfg, Transformer(cfg, store, dev, dt, strict=strict), mask_id, tokenizer)

@@ -3,7 +3,8 @@
 The safetensors header is parsed and checked here (length, JSON, dtypes, shapes, offsets against the
 file size) so a truncated or hostile file gives a clear CheckpointError instead of a crash. Tensors are
 zero-copy views of a private (copy-on-write) memory map: nothing is read until a layer asks for it,
-and nothing ever holds two full copies of the model.
+and nothing ever holds two full copies of the model. The store records which tensors were read, so the
+model loader can refuse tensors that belong to nothing it built.
 """
 from __future__ import annotations
 
@@ -28,6 +29,20 @@ SAFETENSORS_DTYPES = {
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
     "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
 }
+# What an unquantized weight may be stored as (the model converts it to its compute dtype).
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
+def has_nonfinite(t: torch.Tensor) -> bool:
+    """True when t holds a NaN or an infinity. One read pass; for 16/32/64-bit floats no temporary (aminmax
+    propagates NaN), for 8-bit floats a byte mask (e4m3fn: NaN is S.1111.111; e5m2: exponent all ones)."""
+    if t.numel() == 0 or not t.is_floating_point():
+        return False
+    if t.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+        special = 0x7F if t.dtype == torch.float8_e4m3fn else 0x7C
+        return bool(((t.view(torch.uint8) & special) == special).any())
+    lo, hi = torch.aminmax(t)
+    return not bool(torch.isfinite(lo) & torch.isfinite(hi))
 
 
 @dataclass(frozen=True)
@@ -196,6 +211,7 @@ class WeightStore:
                     raise CheckpointError(f"{self.directory}: tensor {name!r} appears in both "
                                           f"{self._where[name].path.name} and {f.path.name}")
                 self._where[name] = f
+        self.read: set[str] = set()  # names get() has returned
 
     def __contains__(self, name: str) -> bool:
         return name in self._where
@@ -213,6 +229,7 @@ class WeightStore:
         if e.shape != tuple(shape):
             raise CheckpointError(f"{self.directory}: tensor {name!r} has shape {list(e.shape)}, "
                                   f"expected {list(shape)} from config.json")
+        self.read.add(name)
         return self._where[name].tensor(name)
 
     def storage_dtype(self) -> torch.dtype | None:

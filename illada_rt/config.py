@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,6 +50,56 @@ _OPTIONAL = {
     "tie_word_embeddings": False,
 }
 
+# config.json fields that change the math, with the values this runtime computes: LLaDA's LLaDALlamaBlock
+# (modeling_llada.py) and HF Llama. A field that is absent or holds one of these values is fine; any other value
+# is refused (a warning with strict=False). Fields that change nothing at inference (dropouts, init_*,
+# rope_full_precision, flash_attention, pretraining_tp, ...) are not listed.
+ARCHITECTURE_FIELDS = {
+    # LLaDA / OLMo names
+    "block_type": ("llama",),             # "sequential" fuses q/k/v into att_proj
+    "activation_type": ("silu",),         # SiLU(ff_proj) * up_proj; "swiglu" chunks one projection in two
+    "layer_norm_type": ("rms",),          # "default"/"low_precision" are LayerNorm, "gemma_rms" scales by 1 + w
+    "layer_norm_with_affine": (True,),    # the norms' weights are tensors of the checkpoint
+    "bias_for_layer_norm": (False, None),
+    "include_bias": (False,),
+    "include_qkv_bias": (False,),
+    "attention_layer_norm": (False,),     # QK-norm
+    "rope": (True,),
+    "alibi": (False,),
+    "scale_logits": (False,),             # logits / sqrt(d_model)
+    "input_emb_norm": (False,),           # embeddings * sqrt(d_model)
+    "clip_qkv": (None,),
+    "block_group_size": (1,),
+    # Llama-style names
+    "hidden_act": ("silu", "swish"),
+    "rope_scaling": (None,),
+    "attention_bias": (False,),
+    "mlp_bias": (False,),
+    "attn_logit_softcapping": (None,),
+    "final_logit_softcapping": (None,),
+    "partial_rotary_factor": (None, 1, 1.0),
+}
+
+
+def unsupported_fields(raw: dict, d_model: int, n_heads: int, max_sequence_length: int) -> list[str]:
+    """One line per config.json field whose value asks for math this runtime does not implement."""
+    bad = []
+    for key, ok in ARCHITECTURE_FIELDS.items():
+        v = raw.get(key)
+        if key in raw and not any(v is a or (type(v) is type(a) and v == a) for a in ok):
+            if key == "rope_scaling" and isinstance(v, dict) and v.get("rope_type", v.get("type")) == "default":
+                continue  # HF's spelling of "no scaling"
+            bad.append(f"{key}={json.dumps(v)} (supported: {' or '.join(json.dumps(a) for a in ok)})")
+    head_dim = raw.get("head_dim")
+    if head_dim is not None and head_dim != d_model // n_heads:
+        bad.append(f"head_dim={json.dumps(head_dim)} (supported: hidden_size / num_attention_heads = "
+                   f"{d_model // n_heads})")
+    window = raw.get("sliding_window")
+    if (raw.get("use_sliding_window") is not False and isinstance(window, int) and not isinstance(window, bool)
+            and window < max_sequence_length):
+        bad.append(f"sliding_window={window} (attention here is over the whole sequence)")
+    return bad
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -79,7 +130,9 @@ class ModelConfig:
         return self.n_kv_heads * self.head_dim
 
     @classmethod
-    def from_dict(cls, raw: dict, source: str = "config.json") -> "ModelConfig":
+    def from_dict(cls, raw: dict, source: str = "config.json", strict: bool = True) -> "ModelConfig":
+        """strict=False turns the refusal of fields this runtime does not implement (ARCHITECTURE_FIELDS) into a
+        warning; every other check stays an error."""
         if not isinstance(raw, dict):
             raise ConfigError(f"{source}: expected a JSON object, got {type(raw).__name__}")
         if "d_model" in raw:
@@ -101,6 +154,13 @@ class ModelConfig:
                 missing.append(key)
         if missing:
             raise ConfigError(f"{source}: missing required field(s) for the {layout} layout: {', '.join(missing)}")
+        mqa = raw.get("multi_query_attention") if layout == LAYOUT_LLADA else None
+        if mqa is not None:  # LLaDA / OLMo's effective_n_kv_heads
+            want = 1 if mqa else vals["n_heads"]
+            if vals["n_kv_heads"] not in (None, want):
+                raise ConfigError(f"{source}: multi_query_attention={json.dumps(mqa)} contradicts "
+                                  f"n_kv_heads={vals['n_kv_heads']} (it means {want} key/value heads)")
+            vals["n_kv_heads"] = want
         if vals["n_kv_heads"] is None:
             vals["n_kv_heads"] = vals["n_heads"]
         if layout == LAYOUT_LLAMA:
@@ -116,6 +176,13 @@ class ModelConfig:
         vals["storage_dtype"] = dt if isinstance(dt, str) else None
         cfg = cls(**vals, raw=raw)
         cfg._validate(source)
+        bad = unsupported_fields(raw, cfg.d_model, cfg.n_heads, cfg.max_sequence_length)
+        if bad and strict:
+            raise ConfigError(f"{source}: describes a model this runtime cannot run: {'; '.join(bad)}. "
+                              f"illada_rt.load(..., strict=False) loads it anyway, with the unsupported fields "
+                              f"ignored (the outputs will be wrong)")
+        for b in bad:
+            warnings.warn(f"{source}: ignoring {b}: outputs will not match the model's", stacklevel=3)
         return cfg
 
     def _validate(self, source: str) -> None:
@@ -154,7 +221,7 @@ class ModelConfig:
         return self.embedding_size * d + self.n_layers * per_layer + d + head
 
 
-def read_config(directory: Path) -> ModelConfig:
+def read_config(directory: Path, strict: bool = True) -> ModelConfig:
     path = Path(directory) / "config.json"
     if not path.is_file():
         raise ConfigError(f"{directory}: no config.json (expected a Hugging Face checkpoint directory)")
@@ -162,4 +229,4 @@ def read_config(directory: Path) -> ModelConfig:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: not valid JSON ({e})") from None
-    return ModelConfig.from_dict(raw, source=str(path))
+    return ModelConfig.from_dict(raw, source=str(path), strict=strict)

@@ -7,15 +7,18 @@ Both on-disk layouts map onto the same math (LLaDA's LLaDALlamaBlock):
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from . import ops
-from .checkpoint import WeightStore, check_layout_matches, global_names, layer_names, layer_shapes
+from .checkpoint import (FLOAT_DTYPES, WeightStore, check_layout_matches, global_names, has_nonfinite, layer_names,
+                         layer_shapes)
 from .config import ModelConfig
-from .quant import QuantizedLinear, load_linear, read_scheme
+from .errors import CheckpointError
+from .quant import SCHEMES, QuantizedLinear, QuantScheme, load_linear, read_scheme
 
 LINEARS = ("q", "k", "v", "o", "gate", "up", "down")
 
@@ -57,10 +60,89 @@ class LayerWeights:  # linears are dense tensors or QuantizedLinear (quantized c
     down: torch.Tensor | QuantizedLinear
 
 
+class WeightLoader:
+    """Moves a checkpoint's tensors onto the device in the compute dtype, refusing what the model cannot run
+    correctly: a weight stored as integers (or 8-bit floats) without a quantization_config, NaN or infinite values
+    (also those a conversion to fp16/bf16 creates), tensors that belong to nothing the model built. strict=False
+    turns each refusal into a warning.
+
+    The finiteness check is one aminmax pass per tensor: on converted tensors while they are in cache, on zero-copy
+    views of the memory map a read of the file that the first forward would make anyway."""
+
+    def __init__(self, store: WeightStore, scheme: QuantScheme | None, device: torch.device, dtype: torch.dtype,
+                 strict: bool = True):
+        self.store, self.scheme, self.device, self.dtype, self.strict = store, scheme, device, dtype, strict
+
+    def refuse(self, message: str) -> None:
+        if self.strict:
+            raise CheckpointError(f"{self.store.directory}: {message} (illada_rt.load(..., strict=False) loads it "
+                                  f"anyway)")
+        warnings.warn(f"{self.store.directory}: {message}", stacklevel=4)
+
+    def _check_dtype(self, name: str, quantizable: bool) -> None:
+        dt = self.store.entry(name).dtype if name in self.store else None
+        if dt is None or dt in FLOAT_DTYPES or (quantizable and self.scheme and dt in SCHEMES.values()):
+            return
+        if quantizable and dt in SCHEMES.values():
+            self.refuse(f"tensor {name!r} is stored as {dt} but config.json has no quantization_config (the scheme "
+                        f"and scales of a quantized checkpoint; `illada-rt quantize` writes both)")
+        else:
+            self.refuse(f"tensor {name!r} is stored as {dt}; expected a float dtype (bfloat16, float16, float32)"
+                        + (" or a quantized weight with its scale" if quantizable and self.scheme else ""))
+
+    def _check_finite(self, name: str, t: torch.Tensor, stored: torch.Tensor) -> None:
+        if not has_nonfinite(t):
+            return
+        if has_nonfinite(stored):
+            self.refuse(f"tensor {name!r} holds NaN or infinite values")
+        else:
+            self.refuse(f"tensor {name!r} overflows {t.dtype} (largest magnitude {float(stored.abs().max()):.4g}); "
+                        f"load it with dtype=torch.float32")
+
+    def dense(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        """A norm or embedding weight: memory-mapped on disk; .to() copies only when the device or dtype differs."""
+        self._check_dtype(name, quantizable=False)
+        stored = self.store.get(name, shape)
+        t = stored.to(device=self.device, dtype=self.dtype)
+        self._check_finite(name, t, stored)
+        return t
+
+    def linear(self, name: str, shape: tuple[int, int]) -> torch.Tensor | QuantizedLinear:
+        self._check_dtype(name, quantizable=True)
+        w = load_linear(self.store, name, shape, self.scheme, self.device, self.dtype)
+        stored = self.store.get(name, shape)
+        if isinstance(w, QuantizedLinear):  # int8 is always finite; 8-bit floats and the scales may not be
+            scale = name[: -len(".weight")] + ".weight_scale"
+            self._check_finite(name, stored, stored)
+            s = self.store.get(scale, self.store.entry(scale).shape)
+            self._check_finite(scale, s, s)
+        else:
+            self._check_finite(name, w, stored)
+        return w
+
+    def check_all_read(self, cfg: ModelConfig) -> None:
+        """Refuse tensors the model did not load (a layer beyond n_layers, a bias, a norm it lacks ...)."""
+        store, g = self.store, global_names(cfg)
+        if cfg.tied_embeddings and g["head"] in store and g["head"] not in store.read:
+            shape = (cfg.embedding_size, cfg.d_model)
+            if not torch.equal(store.get(g["head"], shape), store.get(g["embed"], shape)):
+                self.refuse(f"config.json ties the LM head to the embedding, but the checkpoint has a different "
+                            f"{g['head']!r}")
+        ct = self.scheme is not None and self.scheme.source == "compressed-tensors"
+        unused = [n for n in store.names() if n not in store.read and not n.endswith(".rotary_emb.inv_freq")
+                  and not (ct and n.endswith(".input_scale"))]  # static FP8 activation scales: unused on CPU
+        if unused:
+            more = f" and {len(unused) - 5} more" if len(unused) > 5 else ""
+            self.refuse(f"{len(unused)} tensor(s) belong to no part of the model config.json describes "
+                        f"({cfg.layout} layout, {cfg.n_layers} layers): "
+                        f"{', '.join(repr(n) for n in unused[:5])}{more}")
+
+
 class Transformer:
     """Weights on one device in one compute dtype, and the forward pass over them."""
 
-    def __init__(self, cfg: ModelConfig, store: WeightStore, device: torch.device, dtype: torch.dtype):
+    def __init__(self, cfg: ModelConfig, store: WeightStore, device: torch.device, dtype: torch.dtype,
+                 strict: bool = True):
         self.cfg, self.device, self.dtype = cfg, device, dtype
         self.store = store  # keeps the memory maps open for the tensors that view them
         check_layout_matches(cfg, store)
@@ -68,23 +150,17 @@ class Transformer:
         d, e = cfg.d_model, cfg.embedding_size
 
         self.scheme = read_scheme(cfg.raw)
-
-        def fetch(name, shape):
-            # Memory-mapped on disk; .to() copies only when the device or dtype differs (layer by layer).
-            return store.get(name, shape).to(device=device, dtype=dtype)
-
-        def fetch_linear(name, shape):
-            return load_linear(store, name, shape, self.scheme, device, dtype)
-
-        self.embed = fetch(g["embed"], (e, d))
+        load = WeightLoader(store, self.scheme, device, dtype, strict)
+        self.embed = load.dense(g["embed"], (e, d))
         shapes = layer_shapes(cfg)
         self.layers = []
         for i in range(cfg.n_layers):
             names = layer_names(cfg, i)
-            self.layers.append(LayerWeights(**{k: (fetch_linear if k in LINEARS else fetch)(names[k], shapes[k])
+            self.layers.append(LayerWeights(**{k: (load.linear if k in LINEARS else load.dense)(names[k], shapes[k])
                                                for k in shapes}))
-        self.final_norm = fetch(g["final_norm"], (d,))
-        self.head = self.embed if cfg.tied_embeddings else fetch_linear(g["head"], (e, d))
+        self.final_norm = load.dense(g["final_norm"], (d,))
+        self.head = self.embed if cfg.tied_embeddings else load.linear(g["head"], (e, d))
+        load.check_all_read(cfg)
 
     @torch.inference_mode()
     def forward(self, ids: torch.Tensor, key_mask: torch.Tensor | None = None,
