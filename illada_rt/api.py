@@ -279,7 +279,9 @@ class Model:
 
     def loglikelihood(self, context, continuation, mc_num: int = 128, batch_size: int = 32, cfg_scale: float = 0.0,
                       seed: int | None = 0) -> float:
-        """LLaDA's Monte Carlo ELBO estimate of log p(continuation | context); exact for one token."""
+        """LLaDA's Monte Carlo ELBO estimate of log p(continuation | context); exact for one token.
+
+        seed: an int in [0, 2**64) keys the random masks (repeatable), None draws them from torch's global generator."""
         ctx, cont = self._pair(context, continuation)
         if not cont:
             raise ValueError("continuation: empty")
@@ -290,6 +292,8 @@ class Model:
             raise ValueError(f"mc_num ({mc_num}) must be a multiple of batch_size ({batch_size})")
         if isinstance(cfg_scale, bool) or not isinstance(cfg_scale, (int, float)) or not cfg_scale >= 0:
             raise ValueError(f"cfg_scale: expected a number >= 0, got {cfg_scale!r}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64):
+            raise ValueError(f"seed: expected None or an int in [0, 2**64), got {seed!r}")
         self._check_ids(torch.tensor(ctx + cont, dtype=torch.long), "context/continuation")
         self._check_length(len(ctx) + len(cont))
         return scoring.loglikelihood(self, ctx, cont, mc_num=mc_num, batch_size=batch_size,

@@ -1,15 +1,20 @@
 """The `illada-rt` command line: one module, a subcommand each.
 
 Exit codes: 0 ok, 2 usage (bad arguments or decoding parameters), 1 failure (unreadable checkpoint,
-runtime error). Errors print one line; --debug shows the traceback.
+runtime error), 141 when the reader of stdout went away (`| head`: quiet, the status of a process killed by
+SIGPIPE). Errors print one line; --debug (before or after the subcommand) shows the traceback.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
+import signal
 import sys
 import time
+
+SEED_LIMIT = 2**64  # seeds are unsigned 64-bit (the Philox key); the API takes the same range
 
 
 class UsageError(Exception):
@@ -21,6 +26,17 @@ def _parse_ids(text: str) -> list[int]:
         return [int(t) for t in text.replace(",", " ").split()]
     except ValueError:
         raise UsageError(f"--ids: expected integers separated by commas or spaces, got {text!r}") from None
+
+
+def _seed(text: str) -> int:
+    """argparse type of --seed: an integer in [0, 2**64)."""
+    try:
+        seed = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 0 <= seed < SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**64), got {text}")
+    return seed
 
 
 def cmd_generate(args) -> int:
@@ -62,45 +78,64 @@ def cmd_generate(args) -> int:
         row = g.tokens[0, g.attention_mask[0]][:len(batch[0]) + len(out)].tolist()
         filled = m.decode_generation(row) if text is not None else None
         text = filled
+    filled_ids = g.tokens[0, g.attention_mask[0]][:len(batch[0])].tolist()
     if args.json:
         print(json.dumps({"prompt": prompt if not args.ids else None, "prompt_ids": batch[0], "tokens": out,
-                          "filled_prompt_ids": g.tokens[0, g.attention_mask[0]][:len(batch[0])].tolist(),
+                          "filled_prompt_ids": filled_ids,
                           "text": text, "nfe": g.nfe, "timings": timings,
                           "tokens_per_s": round(len(out) / max(timings["generate_s"], 1e-9), 2)}))
+    elif args.ids:  # ids in, ids out: the generated ids, after the prompt's (masks filled) when it had masks
+        print(" ".join(map(str, (filled_ids if m.mask_token_id in batch[0] else []) + out)))
     else:
-        print(text if text is not None else " ".join(map(str, out)))
+        print(text)
         print(f"# {len(out)} tokens, {g.nfe} forwards, {timings['generate_s']:.2f} s", file=sys.stderr)
     return 0
 
 
-def _quant_info(cfg, caps) -> str | None:
-    from illada_rt.quant import read_scheme
+def _dtype_name(dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _quant_info(cfg, caps, compute_dtype) -> tuple[str | None, str | None]:
+    """(a description of a quantized checkpoint and of how it runs, the CPU kernel of its linears) or (None, None);
+    the kernel is what QuantizedLinear picks when load() runs it on CPU in compute_dtype (quant.linear_kernel)."""
+    import torch
+
+    from illada_rt.quant import linear_kernel, read_scheme
 
     sch = read_scheme(cfg.raw)
     if sch is None:
-        return None
-    if sch.scheme == "int8" and sch.granularity == "channel":
-        runs = f"W8A8 kernel {caps['kernels']['gemm_w8a8']['cpu']} on CPU"
-    elif sch.scheme == "fp8" and sch.granularity in ("channel", "tensor"):
-        runs = (f"FP8-weight kernel {caps['kernels']['gemm_fp8w']['cpu']} on CPU; otherwise weights dequantized "
-                f"to the compute dtype at load")
-    else:
-        runs = "weights dequantized to the compute dtype at load (torch GEMMs)"
+        return None, None
+    kernel = linear_kernel(sch.scheme, sch.granularity, torch.device("cpu"), compute_dtype)
+    compute = _dtype_name(compute_dtype)
+    runs = {"w8a8": f"W8A8 kernel {caps['kernels']['gemm_w8a8']['cpu']}",
+            "fp8w": f"FP8-weight kernel {caps['kernels']['gemm_fp8w']['cpu']}",
+            "dequantized": f"weights dequantized to {compute} at load (torch GEMMs)"}[kernel]
+    acts = "int8, dynamic per token" if kernel == "w8a8" else f"{compute} (weight-only)"
     ignore = f", {len(sch.ignore)} weights left unquantized" if sch.ignore else ""
-    return f"{sch.scheme} weights ({sch.granularity} scales, {sch.source}), activations {sch.activations}{ignore}; {runs}"
+    return (f"{sch.scheme} weights ({sch.granularity} scales, {sch.source}), activations {acts}{ignore}; on CPU "
+            f"({compute} compute): {runs}; on CUDA: weights dequantized at load"), kernel
 
 
 def cmd_info(args) -> int:
+    from collections import Counter
+
+    import torch
+
     import illada_rt
-    from illada_rt.api import DEFAULT_MODEL
-    from illada_rt.checkpoint import directory_size
+    from illada_rt.api import DEFAULT_MODEL, _resolve_dtype
+    from illada_rt.checkpoint import WeightStore, directory_size
     from illada_rt.config import read_config
     from illada_rt.tokenizer import load_tokenizer
 
     path = args.model or DEFAULT_MODEL
     cfg = read_config(path)
     tok = load_tokenizer(path)
+    store = WeightStore(path)
+    compute = _resolve_dtype(None, torch.device("cpu"), store)  # what load() computes in on CPU by default
     caps = illada_rt.capabilities()
+    quantization, quantized_kernel = _quant_info(cfg, caps, compute)
+    stored = store.storage_dtype()
     info = {
         "path": str(path),
         "layout": cfg.layout,
@@ -108,8 +143,11 @@ def cmd_info(args) -> int:
         "mlp_hidden_size": cfg.mlp_hidden_size, "vocab_size": cfg.vocab_size,
         "max_sequence_length": cfg.max_sequence_length, "tied_embeddings": cfg.tied_embeddings,
         "mask_token_id": cfg.mask_token_id if cfg.mask_token_id is not None else (tok.mask_token_id if tok else None),
-        "storage_dtype": cfg.storage_dtype, "parameters": cfg.parameter_count(),
-        "quantization": _quant_info(cfg, caps),
+        # what the weight files hold (not config.json's torch_dtype): the float dtype, and tensors per dtype
+        "storage_dtype": _dtype_name(stored) if stored is not None else None,
+        "tensor_dtypes": dict(Counter(_dtype_name(store.entry(n).dtype) for n in store.names()).most_common()),
+        "compute_dtype_cpu": _dtype_name(compute), "parameters": cfg.parameter_count(),
+        "quantization": quantization, "quantized_kernel_cpu": quantized_kernel,
         "weights_bytes": directory_size(path),
         "tokenizer": tok.backend if tok else None, "chat_template": bool(tok and tok.chat_template),
         "kernels": caps["kernels"], "cpu": caps["cpu"], "cuda_archs": caps["cuda_archs"],
@@ -173,46 +211,68 @@ def cmd_quantize(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="illada-rt", description="Masked diffusion LM runtime (iLLaDA, LLaDA)")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    # --debug after the subcommand too; SUPPRESS keeps a subcommand from resetting one given before it
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
     sub = p.add_subparsers(dest="command", required=True)
 
-    g = sub.add_parser("generate", help="generate text from a prompt (stdin when omitted)")
+    g = sub.add_parser("generate", parents=[debug], help="generate text from a prompt (stdin when omitted)",
+                       description="Generate from a prompt. Length defaults are shorter than the Python API's "
+                       "(gen_length=128, steps=128, block_length=32) for a quick look on a CPU.")
     g.add_argument("prompt", nargs="?", help="prompt text (or token ids with --ids); read from stdin when absent")
     g.add_argument("--model", default=None, help="checkpoint directory (default: the embedded model)")
-    g.add_argument("--ids", action="store_true", help="the prompt is token ids, e.g. '5,17,42'; print ids")
-    g.add_argument("--gen-length", type=int, default=64)
-    g.add_argument("--steps", type=int, default=64)
-    g.add_argument("--block-length", type=int, default=32)
-    g.add_argument("--temperature", type=float, default=0.0)
-    g.add_argument("--remasking", default="low_confidence", choices=["low_confidence", "random"])
-    g.add_argument("--cfg-scale", type=float, default=0.0)
-    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--ids", action="store_true",
+                   help="ids in, ids out: the prompt is token ids ('5,17,42' or '5 17 42') and the output is the "
+                   "generated ids, space-separated (after the prompt's, masks filled, when it has masks); --json "
+                   "gives ids and text")
+    g.add_argument("--gen-length", type=int, default=64,
+                   help="tokens to generate (default: %(default)s; the API's: 128)")
+    g.add_argument("--steps", type=int, default=64,
+                   help="denoising steps (forwards) in all, split evenly over the blocks; with --max-new-tokens, "
+                   "steps per block (default: %(default)s; the API's: 128)")
+    g.add_argument("--block-length", type=int, default=32,
+                   help="tokens per semi-autoregressive block; divides --gen-length (default: %(default)s)")
+    g.add_argument("--temperature", type=float, default=0.0,
+                   help="Gumbel sampling temperature, 0 = greedy (default: %(default)s)")
+    g.add_argument("--remasking", default="low_confidence", choices=["low_confidence", "random"],
+                   help="which predictions a step keeps: the most confident or random ones (default: %(default)s)")
+    g.add_argument("--cfg-scale", type=float, default=0.0,
+                   help="classifier-free guidance scale, 0 = off (default: %(default)s)")
+    g.add_argument("--seed", type=_seed, default=None,
+                   help="sampling seed, an integer in [0, 2**64) (default: a random one)")
     g.add_argument("--threshold", type=float, default=None,
-                   help="parallel decoding: transfer every masked position with confidence >= this (Fast-dLLM)")
-    g.add_argument("--factor", type=float, default=None, help="parallel decoding with Fast-dLLM's factor rule")
-    g.add_argument("--cache", choices=["prefix", "dual"], default=None, help="Fast-dLLM's KV cache")
+                   help="parallel decoding: transfer every masked position with confidence >= this (Fast-dLLM; "
+                   "default: off)")
+    g.add_argument("--factor", type=float, default=None,
+                   help="parallel decoding with Fast-dLLM's factor rule (default: off)")
+    g.add_argument("--cache", choices=["prefix", "dual"], default=None, help="Fast-dLLM's KV cache (default: none)")
     g.add_argument("--max-new-tokens", type=int, default=None,
-                   help="variable-length generation (iLLaDA): one block at a time up to this many tokens")
+                   help="variable-length generation (iLLaDA): blocks of --block-length, --steps forwards each, "
+                   "until an end-of-sequence token, a --stop string or this many tokens (default: off: "
+                   "--gen-length tokens)")
     g.add_argument("--stop", action="append", default=None, help="stop string (repeatable; with --max-new-tokens)")
     g.add_argument("--eos-early-stop", action="store_true", help="fixed length: stop once every row ended with EOS")
     g.add_argument("--chat", action="store_true", help="wrap the prompt in the checkpoint's chat template")
     g.add_argument("--mask-id", type=int, default=None, help="mask token id when the checkpoint does not say")
-    g.add_argument("--device", default="cpu")
-    g.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the stored dtype)")
+    g.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: %(default)s)")
+    g.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the stored dtype; "
+                   "float16 computes in float32 on CPU)")
     g.add_argument("--visual", action="store_true", help="show the canvas denoising live (on stderr)")
     g.add_argument("--json", action="store_true", help="print tokens, text, NFE and timings as JSON")
     g.set_defaults(func=cmd_generate)
 
-    i = sub.add_parser("info", help="describe a checkpoint and the kernels that will run")
+    i = sub.add_parser("info", parents=[debug], help="describe a checkpoint and the kernels that will run")
     i.add_argument("model", nargs="?", default=None, help="checkpoint directory (default: the embedded model)")
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=cmd_info)
 
-    q = sub.add_parser("quantize", help="write a quantized copy of a checkpoint (int8 W8A8 or fp8 weights)")
+    q = sub.add_parser("quantize", parents=[debug],
+                       help="write a quantized copy of a checkpoint (int8 W8A8 or fp8 weights)")
     q.add_argument("src", help="checkpoint directory (LLaDA or Llama-style layout)")
     q.add_argument("dst", help="output directory (written to a temporary name, renamed at the end)")
-    q.add_argument("--scheme", choices=["int8", "fp8"], default="int8")
+    q.add_argument("--scheme", choices=["int8", "fp8"], default="int8", help="(default: %(default)s)")
     q.add_argument("--granularity", choices=["channel", "block128"], default="channel",
-                   help="weight scales per output channel or per 128x128 block")
+                   help="weight scales per output channel or per 128x128 block (default: %(default)s)")
     q.add_argument("--skip", default=None, help="comma-separated weights to keep unquantized: lm_head, names "
                    "without .weight, or globs such as '*.blocks.0.*'")
     q.add_argument("--force", action="store_true", help="replace DST if it exists")
@@ -224,12 +284,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def _stdout_closed() -> int:
+    """The reader of stdout went away (`| head`): point stdout and stderr at /dev/null, so that nothing more is
+    written there (not even Python's flush at exit), and end with the status of a process killed by SIGPIPE."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        for stream in (sys.stdout, sys.stderr):
+            os.dup2(null, stream.fileno())
+    except (OSError, ValueError):  # streams without a file descriptor (in-process callers): nothing to redirect
+        pass
+    return 128 + signal.SIGPIPE
+
+
+def _run(args) -> int:
+    """Run the subcommand; errors become one line on stderr and an exit code (--debug: the traceback)."""
     from illada_rt.errors import CheckpointError, ConfigError
 
     try:
         return args.func(args)
+    except BrokenPipeError:
+        raise
     except (ConfigError, CheckpointError, OSError) as e:
         if args.debug:
             raise
@@ -248,6 +322,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"illada-rt: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)",
               file=sys.stderr)
         return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    # stdout is flushed before returning, so that a closed pipe shows here, where it is handled, not at exit
+    try:
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit:  # --help, or a usage error: argparse has printed
+            sys.stdout.flush()
+            raise
+        code = _run(args)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        return _stdout_closed()
 
 
 if __name__ == "__main__":

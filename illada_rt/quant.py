@@ -127,10 +127,6 @@ class QuantScheme:
     ignore: tuple[str, ...]  # linear names (without .weight) left in the original dtype
     source: str            # "illada-rt" or "compressed-tensors"
 
-    @property
-    def activations(self) -> str:
-        return "int8, dynamic per token" if self.scheme == "int8" else "unquantized (weight-only on CPU)"
-
 
 def scheme_config(scheme: str, granularity: str, ignore: list[str]) -> dict:
     """The quantization_config written into config.json: a full description of the scheme."""
@@ -205,6 +201,18 @@ def is_ignored(name: str, patterns) -> bool:
 
 
 # ------------------------------------------------------------------------------------ the linear op
+def linear_kernel(scheme: str, granularity: str, device: torch.device, dtype: torch.dtype) -> str:
+    """How a quantized linear runs (QuantizedLinear, and `illada-rt info`): "w8a8", "fp8w" or "dequantized"."""
+    if device.type != "cpu":
+        return "dequantized"
+    if scheme == "int8" and granularity == "channel":
+        return "w8a8"
+    if (scheme == "fp8" and granularity in ("channel", "tensor") and dtype == torch.bfloat16
+            and ops.fp8_kernel_available()):
+        return "fp8w"
+    return "dequantized"
+
+
 class QuantizedLinear:
     """A quantized weight as the model runs it. On CPU, int8 per-channel runs the fused W8A8 kernel (activations
     quantized per token, int32 GEMM) and fp8 per-channel/per-tensor with bf16 compute runs the FP8-weight kernel
@@ -217,16 +225,13 @@ class QuantizedLinear:
         self.packed = None
         self.dense = None
         N = q.shape[0]
-        if q.dtype == torch.int8 and granularity == "channel" and device.type == "cpu":
+        self.kernel = linear_kernel("int8" if q.dtype == torch.int8 else "fp8", granularity, device, dtype)
+        if self.kernel == "w8a8":
             self.packed = ops.pack_int8_weight(q, scale.reshape(-1))
-            self.kernel = "w8a8"
-        elif (q.dtype == torch.float8_e4m3fn and granularity in ("channel", "tensor") and device.type == "cpu"
-              and dtype == torch.bfloat16 and ops.fp8_kernel_available()):
+        elif self.kernel == "fp8w":
             self.packed = ops.pack_fp8_weight(q, scale.reshape(-1).expand(N) if scale.numel() == 1 else scale)
-            self.kernel = "fp8w"
         else:
             self.dense = dequantize_weight(q, scale, granularity, dtype).to(device)
-            self.kernel = "dequantized"
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernel == "w8a8":

@@ -297,3 +297,14 @@ def test_bad_forward_arguments(model):
     with pytest.raises(ValueError, match="exceeds the model's maximum length"):
         model.forward(torch.zeros(1, 257, dtype=torch.long))
     assert model.forward(torch.tensor([[MASK_ID, 3]])).shape == (1, 2, 101)
+
+
+@pytest.mark.parametrize("seed", [1.5, True, -1, 2**64, "3"])
+def test_bad_loglikelihood_seed(model, seed):
+    with pytest.raises(ValueError, match=r"seed: expected None or an int in \[0, 2\*\*64\)"):
+        model.loglikelihood([1, 2], [3], mc_num=4, batch_size=4, seed=seed)
+
+
+def test_loglikelihood_seed_range_ends(model):
+    for seed in (0, 2**64 - 1, None):  # the whole unsigned 64-bit range is accepted
+        assert model.loglikelihood([1, 2], [3, 4], mc_num=4, batch_size=4, seed=seed) < 0
