@@ -10,6 +10,7 @@ from .checkpoint import WeightStore
 from .config import ModelConfig, read_config
 from . import scoring
 from .decoding import generate_fast, generate_llada, generate_varlen
+from .decoding.noise import RowNoise, row_seeds
 from .decoding.params import check_decoding_args
 from .errors import ConfigError
 from .model import Transformer
@@ -100,8 +101,9 @@ class Model:
         self.mask_token_id = mask_token_id
         self.tokenizer = tokenizer
         self.device, self.dtype = transformer.device, transformer.dtype
-        self.pad_token_id = next(
-            (t for t in (cfg.pad_token_id, cfg.eos_token_id, 0, 1) if t is not None and t != mask_token_id))
+        # the id that padding columns hold (whatever the caller's padding held: it never reaches the model)
+        self.pad_token_id = next(t for t in (cfg.pad_token_id, cfg.eos_token_id, 0, 1)
+                                 if isinstance(t, int) and t != mask_token_id and 0 <= t < cfg.vocab_size)
 
     def __repr__(self) -> str:
         c = self.config
@@ -168,7 +170,9 @@ class Model:
             raise TypeError(f"prompt: expected a LongTensor [B, P] or a list of token-id lists, got "
                             f"{type(prompt).__name__}")
         self._check_ids(ids[attn], "prompt")
-        return ids, attn
+        # Padding is neutral: its ids (a mask id, -1, anything) are replaced, so they are never embedded, filled or
+        # counted; key masks and per-row RoPE positions keep the rest of the row from seeing them.
+        return ids.masked_fill(~attn, self.pad_token_id), attn
 
     # -- forward ----------------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -204,7 +208,14 @@ class Model:
         repeats the block until it has no mask; factor=f is Fast-dLLM's factor rule; cache="prefix" or "dual".
         gen_length=None with max_new_tokens=N: iLLaDA's variable-length generation (decoding/varlen.py), one
         block at a time with `steps` forwards per block, until an end-of-sequence token, a `stop` string or N.
-        eos_early_stop=True (fixed length): stop at a block end once every row has ended with EOS.
+        eos_early_stop=True (fixed length): at a block end, a row that has ended with EOS gets EOS in the rest of
+        its canvas, and decoding stops once every row has.
+        seed: None (one seed per row from torch's global generator), an int (every row uses it) or one int per row;
+        a row's sampling noise (temperature > 0, remasking="random") depends only on its own seed and positions,
+        so row i of a batch decodes to the tokens it decodes to alone with seed[i] (decoding/noise.py).
+        The mask token is never a prediction (where it scores highest the runner-up is taken), so every policy
+        fills a block in at most its number of masks of forwards. Padding (attention_mask 0) never reaches the
+        model: whatever ids it held, the returned canvas holds pad_token_id there.
         callback(step, tokens, transferred) runs after every step (see decoding.generate_llada).
         """
         check_decoding_args(gen_length=gen_length, steps=steps, block_length=block_length,
@@ -220,26 +231,29 @@ class Model:
             raise ValueError("chat=True needs text prompts (a str or a list of str)")
         ids, attn = self._as_batch(prompt, attention_mask)
         self._check_length(ids.shape[1] + (gen_length or max_new_tokens))
-        # a CPU generator on every device: the sampling noise it keys is device-independent
-        generator = None if seed is None else torch.Generator().manual_seed(seed)
+        seeds = row_seeds(seed, ids.shape[0])  # one per row: a row's noise never depends on its batch mates
         common = dict(steps=steps, block_length=block_length, temperature=float(temperature), remasking=remasking,
-                      generator=generator, callback=callback)
+                      callback=callback)
         fast = dict(threshold=threshold, factor=factor, cache=cache)
         eos = self.eos_ids()
+        if gen_length is None and eos_early_stop:
+            raise ValueError("eos_early_stop is for fixed-length generation; variable-length generation "
+                             "(max_new_tokens) already ends each row at its end-of-sequence token")
         if gen_length is None:
             tokens, valid, lengths, nfe = generate_varlen(
                 self, ids, attn, max_new_tokens=max_new_tokens, cfg_scale=float(cfg_scale),
-                stop_ids=set(eos.tolist()), stop_strings=list(stop or []), **fast, **common)
+                seeds=seeds, stop_ids=set(eos.tolist()), stop_strings=list(stop or []), **fast, **common)
             g = GenerateOutput(tokens, nfe, ids.shape[1], valid, lengths=lengths)
         else:
             if eos_early_stop and eos.numel() == 0:
                 raise ValueError("eos_early_stop: this checkpoint names no end-of-sequence token")
             early = eos if eos_early_stop else None
             if any(v is not None for v in fast.values()):
-                canvas, nfe = generate_fast(self, ids, attn, gen_length=gen_length, eos_ids=early, **fast, **common)
+                canvas, nfe = generate_fast(self, ids, attn, gen_length=gen_length, eos_ids=early,
+                                            noise=RowNoise(seeds), **fast, **common)
             else:
                 canvas, nfe = generate_llada(self, ids, attn, gen_length=gen_length, cfg_scale=float(cfg_scale),
-                                             eos_ids=early, **common)
+                                             eos_ids=early, noise=RowNoise(seeds), **common)
             g = GenerateOutput(canvas.tokens, nfe, canvas.prompt_length, canvas.key_mask,
                                lengths=torch.full((ids.shape[0],), gen_length))
         if self.tokenizer is not None:
@@ -326,6 +340,23 @@ class Model:
         if chat:
             return tok.encode(tok.apply_chat_template([{"role": "user", "content": text}]))
         return tok.encode(text, add_special_tokens=True)
+
+    def decode_filled(self, prompt_ids, generated_ids, stop: list[str] | None = None) -> str:
+        """Text of an infilled prompt (its masks filled) followed by the generation: the whole prompt, whose special
+        tokens (a chat template's end of turn...) are dropped but never end it, then the generation up to its first
+        end-of-sequence token or stop string."""
+        tok = self._need_tokenizer()
+        prompt_ids, gen = [int(i) for i in prompt_ids], [int(i) for i in generated_ids]
+        stops = tok.stop_ids()
+        gen = gen[:next((n for n, i in enumerate(gen) if i in stops), len(gen))]
+        head = tok.decode(prompt_ids, skip_special_tokens=True)
+        text = tok.decode(prompt_ids + gen, skip_special_tokens=True)
+        if not text.startswith(head):  # a tokenizer whose decoding does not split at the prompt's end
+            text = head + tok.decode(gen, skip_special_tokens=True)
+        tail = text[len(head):]
+        for s in stop or []:
+            tail = tail.split(s)[0]
+        return head + tail
 
     def decode_generation(self, ids, stop: list[str] | None = None) -> str:
         """Text of generated ids, ending before the first end-of-sequence / end-of-turn token and before the

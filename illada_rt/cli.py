@@ -73,12 +73,9 @@ def cmd_generate(args) -> int:
     timings["generate_s"] = round(time.perf_counter() - t0, 4)
     out = g.generated[0, :int(g.lengths[0])].tolist()
     text = g.text[0] if g.text is not None else None
-    filled = None
-    if m.mask_token_id in batch[0]:  # infilling: show the prompt with its masks filled, then the generation
-        row = g.tokens[0, g.attention_mask[0]][:len(batch[0]) + len(out)].tolist()
-        filled = m.decode_generation(row) if text is not None else None
-        text = filled
     filled_ids = g.tokens[0, g.attention_mask[0]][:len(batch[0])].tolist()
+    if m.mask_token_id in batch[0] and text is not None:  # infilling: the prompt, masks filled, then the generation
+        text = m.decode_filled(filled_ids, out, kwargs.get("stop"))
     if args.json:
         print(json.dumps({"prompt": prompt if not args.ids else None, "prompt_ids": batch[0], "tokens": out,
                           "filled_prompt_ids": filled_ids,
@@ -298,13 +295,13 @@ def _stdout_closed() -> int:
 
 def _run(args) -> int:
     """Run the subcommand; errors become one line on stderr and an exit code (--debug: the traceback)."""
-    from illada_rt.errors import CheckpointError, ConfigError
+    from illada_rt.errors import CheckpointError, ConfigError, DecodingError
 
     try:
         return args.func(args)
     except BrokenPipeError:
         raise
-    except (ConfigError, CheckpointError, OSError) as e:
+    except (ConfigError, CheckpointError, DecodingError, OSError) as e:
         if args.debug:
             raise
         print(f"illada-rt: error: {e}", file=sys.stderr)

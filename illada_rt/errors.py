@@ -11,3 +11,7 @@ class ConfigError(IlladaError):
 
 class CheckpointError(IlladaError):
     """Weight files are missing, malformed, truncated, mis-shaped or in a refused format."""
+
+
+class DecodingError(RuntimeError):
+    """Decoding cannot go on (e.g. a block made no progress: the model's logits are all NaN)."""

@@ -120,9 +120,10 @@ def test_rows_ended():
     from illada_rt.decoding.llada import rows_ended
     eos = torch.tensor([9])
     x = torch.tensor([[1, 2, 5, 9, 9, 0], [1, 2, 9, 9, 9, 0]])
-    assert rows_ended(x, 2, 5, eos)
-    assert not rows_ended(torch.tensor([[1, 2, 5, 9, 4, 0]]), 2, 5, eos)    # a non-EOS after EOS
-    assert not rows_ended(torch.tensor([[1, 2, 5, 6, 7, 9]]), 2, 5, eos)    # no EOS yet before the end
+    assert rows_ended(x, 2, 5, eos).tolist() == [True, True]
+    assert rows_ended(torch.tensor([[1, 2, 5, 9, 4, 0]]), 2, 5, eos).tolist() == [False]  # a non-EOS after EOS
+    assert rows_ended(torch.tensor([[1, 2, 5, 6, 7, 9]]), 2, 5, eos).tolist() == [False]  # no EOS before the end
+    assert rows_ended(torch.tensor([[1, 2, 9, 9, 9, 0], [1, 2, 5, 6, 7, 9]]), 2, 5, eos).tolist() == [True, False]
 
 
 # ---------------------------------------------------------------------------------------------- scoring

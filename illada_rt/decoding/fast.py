@@ -19,7 +19,9 @@ import torch
 
 from .. import ops
 from ..model import KVCache
-from .llada import make_canvas, propose, rows_ended, transfer_schedule
+from ..errors import DecodingError
+from .llada import end_rows, make_canvas, propose, schedule_steps, transfer_schedule
+from .noise import RowNoise
 
 def factor_counts(conf: torch.Tensor, candidates: torch.Tensor, factor: float) -> torch.Tensor:
     """Per row: Fast-dLLM's factor rule, edge cases included.
@@ -48,7 +50,7 @@ def factor_counts(conf: torch.Tensor, candidates: torch.Tensor, factor: float) -
 @torch.inference_mode()
 def generate_fast(model, ids: torch.Tensor, attn: torch.Tensor, *, gen_length: int, steps: int, block_length: int,
                   temperature: float, remasking: str, threshold: float | None, factor: float | None,
-                  cache: str | None, generator: torch.Generator | None, callback=None,
+                  cache: str | None, noise: RowNoise, callback=None,
                   eos_ids: torch.Tensor | None = None):
     """Decode with Fast-dLLM's policies; returns (canvas, nfe)."""
     mask_id = model.mask_token_id
@@ -64,8 +66,10 @@ def generate_fast(model, ids: torch.Tensor, attn: torch.Tensor, *, gen_length: i
     def transfer(logits, lo, hi, k_fixed):
         """Choose and write tokens of canvas columns [lo, hi) (candidates: their masks) from their logits."""
         nonlocal nfe
-        x0, conf = propose(logits, temperature, remasking, generator, conf_dtype=torch.float64)
+        x0, conf = propose(logits, temperature, remasking, noise, canvas.positions[:, lo:hi], mask_id,
+                           conf_dtype=torch.float64)
         window = x[:, lo:hi]
+        noise.advance((window == mask_id).any(dim=1))
         k = None
         if factor is not None:
             k = factor_counts(conf, window == mask_id, factor)
@@ -87,12 +91,15 @@ def generate_fast(model, ids: torch.Tensor, attn: torch.Tensor, *, gen_length: i
         # steps run from the first of them. Without prompt masks this is Fast-dLLM's block exactly.
         open_cols = (x[:, :end] == mask_id).any(dim=0).nonzero()
         start = min(start, int(open_cols[0])) if open_cols.numel() else start
-        schedule = transfer_schedule(x[:, start:end] == mask_id, steps_per_block)
+        masks = x[:, start:end] == mask_id
+        n_steps = schedule_steps(masks, steps_per_block)
+        schedule = transfer_schedule(masks, n_steps)
         i = 0
         kv = KVCache(len(tf.layers)) if cache is not None else None
-        while bool((x[:, start:end] == mask_id).any()):
+        left = int(masks.sum())
+        while left:
             # past the schedule (threshold/factor runs until the block is full): one per step
-            k_fixed = schedule[:, i] if i < steps_per_block else torch.ones_like(schedule[:, 0])
+            k_fixed = schedule[:, i] if i < n_steps else torch.ones_like(schedule[:, 0])
             if kv is None or i == 0:
                 # full canvas forward (fills the cache at a block start); candidates: masks left of the block end
                 open_cols = (x[:, :end] == mask_id).any(dim=0).nonzero()
@@ -105,8 +112,14 @@ def generate_fast(model, ids: torch.Tensor, attn: torch.Tensor, *, gen_length: i
                                     cache_from=start)
                 transfer(logits, start, end, k_fixed)
             i += 1
-        if eos_ids is not None and nb + 1 < gen_length // block_length and rows_ended(x, P, end, eos_ids):
-            x[:, end:] = eos_ids[0]
+            # Every forward fills at least one mask of each row that has one (the mask token is never a
+            # prediction), so a block ends within its number of masks; anything else would spin forever.
+            now = int((x[:, start:end] == mask_id).sum())
+            if now >= left:
+                raise DecodingError(f"block {nb} made no progress after {nfe} forwards ({now} masks left): the "
+                                    f"model's logits give no usable token (NaN or -inf everywhere?)")
+            left = now
+        if eos_ids is not None and nb + 1 < gen_length // block_length and end_rows(x, P, end, eos_ids):
             break
     return canvas, nfe
 

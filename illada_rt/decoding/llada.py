@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import ops
+from .noise import RowNoise
 
 @dataclass
 class Canvas:
@@ -50,32 +51,44 @@ def transfer_schedule(block_masks: torch.Tensor, steps: int) -> torch.Tensor:
     return base + (torch.arange(steps, device=n.device)[None, :] < rem).long()
 
 
-def propose(logits: torch.Tensor, temperature: float, remasking: str, generator: torch.Generator | None,
-            conf_dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    """logits [B, L, V] float32 -> (x0 [B, L] int64, confidence [B, L] in conf_dtype).
+def propose(logits: torch.Tensor, temperature: float, remasking: str, noise: RowNoise, positions: torch.Tensor,
+            mask_id: int, conf_dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits [B, L, V] float32 of canvas columns at RoPE positions [B, L] -> (x0 [B, L] int64, confidence [B, L]).
 
     LLaDA's generate.py takes the softmax in the logits' dtype (float32 here); Fast-dLLM in float64.
     temperature > 0 samples the Gumbel-max of logits + temperature * g (LLaDA's add_gumbel_noise has the same
-    argmax) with the sampling kernels' Philox noise, keyed by a 63-bit draw from `generator` (a CPU generator, or
-    torch's global one): the same seed draws the same noise on every device. `random` remasking draws its scores
-    from the same generator.
+    argmax) with the sampling kernels' Philox noise; `random` remasking scores are Philox uniforms; both are keyed
+    per row by `noise` (decoding/noise.py), so a row's draws do not depend on its batch mates.
+    The mask token is never a prediction: where it scores highest, the best other token is taken, with its
+    probability under the full softmax (what the reference would give it); where it does not, nothing changes.
     """
-    if temperature == 0 and remasking == "low_confidence":
-        return ops.sample_greedy(logits, conf_dtype)  # one fused pass: argmax and its softmax probability
     B, L, V = logits.shape
-    if temperature > 0:
-        key = int(torch.randint(0, 2**63 - 1, (), generator=generator))
-        x0, conf = ops.sample_tokens(logits.reshape(B * L, V), conf_dtype, temperature, seed=key)
+    if temperature == 0 and remasking == "low_confidence":
+        x0, conf = ops.sample_greedy(logits, conf_dtype)  # one fused pass: argmax and its softmax probability
+    elif temperature > 0:
+        rows = torch.arange(B, device=logits.device).repeat_interleave(L)
+        x0, conf = noise.gumbel_argmax(logits.reshape(B * L, V), rows, positions.reshape(B * L), temperature,
+                                       conf_dtype)
         x0, conf = x0.reshape(B, L), conf.reshape(B, L)
-        if remasking == "low_confidence":
-            return x0, conf
     else:
-        x0 = torch.argmax(logits, dim=-1)
+        x0, conf = torch.argmax(logits, dim=-1), None
+    hit = x0 == mask_id
+    if bool(hit.any()):
+        b, j = hit.nonzero(as_tuple=True)
+        cells = logits[b, j].clone()
+        cells[:, mask_id] = float("-inf")
+        if temperature > 0:
+            x0[b, j] = noise.gumbel_argmax(cells, b, positions[b, j], temperature, conf_dtype)[0]
+        else:
+            x0[b, j] = torch.argmax(cells, dim=-1)
+        if conf is not None:
+            p = F.softmax(logits[b, j].to(conf_dtype), dim=-1)
+            conf[b, j] = torch.gather(p, -1, x0[b, j][:, None]).squeeze(-1)
     if remasking == "low_confidence":
-        conf = torch.gather(F.softmax(logits.to(conf_dtype), dim=-1), -1, x0[..., None]).squeeze(-1)
-    else:
-        conf = torch.rand(x0.shape, generator=generator).to(x0.device)
-    return x0, conf
+        if conf is None:
+            conf = torch.gather(F.softmax(logits.to(conf_dtype), dim=-1), -1, x0[..., None]).squeeze(-1)
+        return x0, conf
+    return x0, noise.uniform(positions).to(conf_dtype)
 
 
 def guided_logits(model, canvas: Canvas, x: torch.Tensor, prompt_index: torch.Tensor | None,
@@ -95,22 +108,34 @@ def guided_logits(model, canvas: Canvas, x: torch.Tensor, prompt_index: torch.Te
     return model.transformer.forward(x, key_mask, positions, lo, hi)
 
 
-def rows_ended(x: torch.Tensor, P: int, end: int, eos_ids: torch.Tensor) -> bool:
-    """True when every row's generation up to `end` holds an end-of-sequence id and only such ids after it
-    (LLaDA instruct models pad their answers with EOS): the rest of the canvas can be filled with EOS."""
+def rows_ended(x: torch.Tensor, P: int, end: int, eos_ids: torch.Tensor) -> torch.Tensor:
+    """bool [B]: the rows whose generation up to `end` holds an end-of-sequence id and only such ids after it
+    (LLaDA instruct models pad their answers with EOS): the rest of such a row can be filled with EOS."""
     gen = x[:, P:end]
     is_eos = torch.isin(gen, eos_ids)
-    if not bool(is_eos.any(1).all()):
-        return False
     first = is_eos.float().argmax(1)
     after = torch.arange(gen.shape[1], device=gen.device)[None, :] >= first[:, None]
-    return bool((is_eos | ~after).all())
+    return is_eos.any(1) & (is_eos | ~after).all(1)
+
+
+def end_rows(x: torch.Tensor, P: int, end: int, eos_ids: torch.Tensor) -> bool:
+    """eos_early_stop at a block end: fill the rest of every ended row with EOS (what it would decode alone);
+    True when every row has ended, so decoding can stop."""
+    ended = rows_ended(x, P, end, eos_ids)
+    x[ended, end:] = eos_ids[0]
+    return bool(ended.all())
+
+
+def schedule_steps(masks: torch.Tensor, steps: int) -> int:
+    """Steps worth running for a block: beyond the largest number of masks in a row, further steps of the
+    linear schedule transfer nothing (so a huge `steps` costs neither memory nor time)."""
+    return min(steps, int(masks.sum(dim=1).max()) if masks.numel() else 0)
 
 
 @torch.inference_mode()
 def generate_llada(model, ids: torch.Tensor, attn: torch.Tensor, *, gen_length: int, steps: int,
                    block_length: int, temperature: float, remasking: str, cfg_scale: float,
-                   generator: torch.Generator | None, callback=None,
+                   noise: RowNoise, callback=None,
                    eos_ids: torch.Tensor | None = None) -> tuple[Canvas, int]:
     """Decode; returns the final canvas and the number of forward calls (NFE).
 
@@ -130,8 +155,10 @@ def generate_llada(model, ids: torch.Tensor, attn: torch.Tensor, *, gen_length: 
         # The schedule counts every mask left of the block end: the block's, and in the first block the
         # prompt's (infilling). The reference counts the block's only, so there prompt masks take slots and
         # as many generated positions stay masked; without prompt masks the two are the same.
-        schedule = transfer_schedule(x[:, :b_end] == mask_id, steps_per_block)
-        for i in range(steps_per_block):
+        masks = x[:, :b_end] == mask_id
+        n_steps = schedule_steps(masks, steps_per_block)
+        schedule = transfer_schedule(masks, n_steps)
+        for i in range(n_steps):
             k = schedule[:, i].contiguous()
             if not bool(k.any()):
                 continue  # nothing can transfer this step: the reference's forward would change no token
@@ -140,14 +167,14 @@ def generate_llada(model, ids: torch.Tensor, attn: torch.Tensor, *, gen_length: 
             lo = int(open_cols[0]) if open_cols.numel() else b_start
             logits = guided_logits(model, canvas, x, prompt_index, cfg_scale, lo, b_end)
             nfe += 1
-            x0, conf = propose(logits, temperature, remasking, generator)
+            x0, conf = propose(logits, temperature, remasking, noise, canvas.positions[:, lo:b_end], mask_id)
+            noise.advance(k > 0)
             before = x[:, lo:b_end].clone() if callback is not None else None
             ops.select_confident(conf.contiguous(), x0.contiguous(), k, x[:, lo:b_end], mask_id)
             if callback is not None:
                 transferred = torch.zeros_like(x, dtype=torch.bool)
                 transferred[:, lo:b_end] = x[:, lo:b_end] != before
                 callback(nfe - 1, x, transferred)
-        if eos_ids is not None and nb + 1 < num_blocks and rows_ended(x, P, b_end, eos_ids):
-            x[:, b_end:] = eos_ids[0]
+        if eos_ids is not None and nb + 1 < num_blocks and end_rows(x, P, b_end, eos_ids):
             break
     return canvas, nfe

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import math
 
+from .noise import check_seed
+
 CACHES = (None, "prefix", "dual")
 REMASKING = ("low_confidence", "random")
 
@@ -37,8 +39,7 @@ def check_decoding_args(*, gen_length, steps, block_length, temperature, remaski
             raise ValueError(f"{name}: expected a finite number >= 0, got {v!r}")
     if remasking not in REMASKING:
         raise ValueError(f"remasking: unknown strategy {remasking!r}; expected one of {', '.join(REMASKING)}")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise ValueError(f"seed: expected an int or None, got {seed!r}")
+    check_seed(seed)
     if threshold is not None and factor is not None:
         raise ValueError("threshold and factor are alternatives: pass one of them")
     if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))

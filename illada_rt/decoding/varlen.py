@@ -13,15 +13,18 @@ import torch
 
 from .fast import generate_fast
 from .llada import generate_llada
+from .noise import RowNoise
 
 
 @torch.inference_mode()
 def generate_varlen(model, ids: torch.Tensor, attn: torch.Tensor, *, max_new_tokens: int, steps: int,
                     block_length: int, temperature: float, remasking: str, cfg_scale: float,
                     threshold: float | None, factor: float | None, cache: str | None,
-                    generator: torch.Generator | None, stop_ids: set[int], stop_strings: list[str],
+                    seeds: list[int], stop_ids: set[int], stop_strings: list[str],
                     callback=None):
-    """Returns (tokens [B, P + n] right-padded with pad ids, valid mask [B, P + n], lengths [B], nfe)."""
+    """Returns (tokens [B, P + n] right-padded with pad ids, valid mask [B, P + n], lengths [B], nfe).
+
+    seeds: one sampling seed per row (decoding/noise.py); each round keys its noise by the new block's positions."""
     B, P = ids.shape
     rows = [ids[r][attn[r]].tolist() for r in range(B)]     # unpadded prompts
     out: list[list[int]] = [[] for _ in range(B)]
@@ -43,7 +46,7 @@ def generate_varlen(model, ids: torch.Tensor, attn: torch.Tensor, *, max_new_tok
         def cb(step, tokens, transferred, _offset=nfe):  # the canvas of this round's unfinished rows
             callback(_offset + step, tokens, transferred)
         kw = dict(gen_length=blk, steps=steps, block_length=blk, temperature=temperature,
-                  remasking=remasking, generator=generator,
+                  remasking=remasking, noise=RowNoise([seeds[r] for r in active]),
                   callback=cb if callback is not None else None)
         if fast:
             canvas, n = generate_fast(model, cur, cur_attn, threshold=threshold, factor=factor, cache=cache, **kw)
