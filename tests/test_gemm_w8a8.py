@@ -166,14 +166,19 @@ def test_pack_argument_checks():
 
 
 def test_measured_peaks_are_consistent():
-    """The bench's "% of peak" denominators: positive where the ISA has the instruction, int8 dot >= bf16 dot >=
-    fp32 FMA in ops/s (each packs more work per instruction), and a clock in a sane range."""
+    """The bench's "% of peak" denominators: positive where the ISA has the instruction, the dot products above fp32
+    FMA in ops/s (each packs 2-4x the work per instruction), and a clock in a sane range. int8 against bf16 is
+    the microarchitecture's choice: Zen 4 measures ~1.9x, Zen 5 (family 26) ~0.7x (vpdpbusd runs at a third
+    of vdpbf16ps' instruction rate there)."""
     if ISAS[-1] == "generic":
         pytest.skip("no SIMD peak loops on this CPU")
-    peaks = {k: _C.measure_peak_ops(k, 1) for k in ("int8_dot", "bf16_dot", "fp32_fma")}
+    # best of several interleaved rounds: a run that shares its core with other work measures low (shared machines)
+    kinds = ("int8_dot", "bf16_dot", "fp32_fma")
+    rounds = [{k: _C.measure_peak_ops(k, 1) for k in kinds} for _ in range(5)]
+    peaks = {k: max(r[k] for r in rounds) for k in kinds}
     assert peaks["fp32_fma"] > 0 and peaks["int8_dot"] > peaks["fp32_fma"]
     if "avx512" in ISAS:
-        assert peaks["int8_dot"] > peaks["bf16_dot"] > peaks["fp32_fma"]
+        assert peaks["bf16_dot"] > peaks["fp32_fma"]
     assert 0.5 < _C.measure_clock_ghz() < 7.0
     with pytest.raises(ValueError, match="kind"):
         _C.measure_peak_ops("fp64", 1)
