@@ -1,13 +1,16 @@
 """Sampled decoding draws from softmax(logits / T): the empirical frequencies of many Gumbel-max draws (one Philox
 stream per row id, all rows holding the same logits) against the exact distribution, at temperatures other than 1,
-for every compiled CPU ISA variant and for the reference path (ILLADA_RT_KERNELS=reference).
+for every compiled CPU ISA variant and for the reference path (ILLADA_RT_KERNELS=reference), and through `generate`.
 
 A temperature applied the wrong way round (softmax(l * T)), or not at all (softmax(l)), moves some class's frequency
 by dozens of standard deviations at this many draws; the bound below is 5 standard deviations per class."""
 import pytest
 import torch
 
+import illada_rt
 from illada_rt import ops
+
+from conftest import MASK_ID
 
 _C = pytest.importorskip("illada_rt._C")
 ISAS = ops.cpu_isas()
@@ -57,3 +60,31 @@ def test_op_samples_the_tempered_softmax(monkeypatch, mode, temperature):
     want = torch.softmax(LOGITS.double(), -1)[tok]
     torch.testing.assert_close(conf.double(), want, rtol=1e-6, atol=0)
 
+
+
+@pytest.mark.parametrize("temperature", [0.5, 2.0])
+def test_generate_samples_the_tempered_softmax(checkpoints, temperature):
+    """End to end: `generate` with one seed per row and a single step over G masked positions draws position j's
+    token from softmax(logits_j / T) over the tokens other than the mask (never a prediction). Every row holds the
+    same canvas, so token c's count over all draws has mean n * sum_j p_j(c) and variance n * sum_j p_j(c)(1 - p_j(c));
+    tokens expected fewer than 20 times are pooled."""
+    m = illada_rt.load(checkpoints["llada_mha"])
+    n, G = 300, 32
+    prompt = torch.randint(2, 99, (1, 6), generator=torch.Generator().manual_seed(3))
+    logits = m.forward(torch.cat([prompt, torch.full((1, G), MASK_ID)], 1))[0, 6:].double()
+    logits[:, MASK_ID] = float("-inf")
+    draws = m.generate(prompt.expand(n, -1), gen_length=G, steps=1, block_length=G, temperature=temperature,
+                       seed=list(range(n))).generated
+    assert not (draws == MASK_ID).any()
+    counts = torch.bincount(draws.flatten(), minlength=logits.shape[1]).double()
+
+    def pooled_z(p):  # p [G, V]: z-scores of the counts under these per-position distributions
+        mean, var = n * p.sum(0), n * (p * (1 - p)).sum(0)
+        big = mean >= 20
+        mean, var = torch.cat([mean[big], mean[~big].sum()[None]]), torch.cat([var[big], var[~big].sum()[None]])
+        c = torch.cat([counts[big], counts[~big].sum()[None]])
+        return (c - mean) / var.sqrt()
+
+    z = pooled_z(torch.softmax(logits / temperature, -1))
+    assert z.numel() >= 4 and float(z.abs().max()) < 5, z
+    assert float(pooled_z(torch.softmax(logits, -1)).abs().max()) > 15  # the untempered distribution is rejected
