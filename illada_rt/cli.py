@@ -164,19 +164,26 @@ def cmd_info(args) -> int:
 
 
 def cmd_quantize(args) -> int:
-    from illada_rt.quantize import logits_agreement, quantize_checkpoint
+    from illada_rt.quantize import logits_agreement, plan_quantize, report_prompts, write_quantized
 
-    prompts = list(args.prompt or [])
+    texts = list(args.prompt or [])
     if args.prompts_file:
         try:
-            prompts += [ln for ln in Path(args.prompts_file).read_text(encoding="utf-8").splitlines() if ln.strip()]
-        except OSError as e:
-            raise UsageError(f"--prompts-file {args.prompts_file}: cannot read ({e.strerror})") from None
-    if prompts and not args.report:
+            lines = [ln for ln in Path(args.prompts_file).read_text(encoding="utf-8").splitlines() if ln.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise UsageError(f"--prompts-file {args.prompts_file}: cannot read ({getattr(e, 'strerror', None) or e})"
+                             ) from None
+        if not lines:
+            raise UsageError(f"--prompts-file {args.prompts_file}: holds no prompt (one per line)")
+        texts += lines
+    if texts and not args.report:
         raise UsageError("--prompt/--prompts-file go with --report")
     skip = [s for s in (args.skip or "").split(",") if s.strip()]
-    s = quantize_checkpoint(args.src, args.dst, scheme=args.scheme, granularity=args.granularity, skip=skip,
-                            force=args.force, measure_error=args.report, progress=not args.quiet)
+    plan = plan_quantize(args.src, args.dst, args.scheme, args.granularity, skip, args.force)
+    prompts = report_prompts(plan.src, plan.cfg, texts) if args.report else []  # checked before writing anything
+    for note in plan.notes:
+        print(f"illada-rt: note: {note}", file=sys.stderr)
+    s = write_quantized(plan, measure_error=args.report, progress=not args.quiet)
     mb = 1024 * 1024
     print(f"{s.dst}: {args.scheme} ({args.granularity}) - {len(s.quantized)} weights quantized, "
           f"{len(s.ignored)} skipped; {s.bytes_before / mb:.1f} MiB -> {s.bytes_after / mb:.1f} MiB "
@@ -186,20 +193,7 @@ def cmd_quantize(args) -> int:
         print(f"{'weight':<48} {'rel. Frobenius':>14} {'max abs':>10}")
         for name, e in s.errors.items():
             print(f"{name:<48} {e['rel_frobenius']:>14.3e} {e['max_abs']:>10.3e}")
-        if not prompts:
-            import illada_rt
-            from illada_rt.tokenizer import load_tokenizer
-
-            if load_tokenizer(args.src) is None:  # no tokenizer: seeded random token sequences
-                import torch
-
-                vocab = illada_rt.load(args.dst).config.vocab_size
-                g = torch.Generator().manual_seed(0)
-                prompts = [torch.randint(0, vocab, (32,), generator=g).tolist() for _ in range(4)]
-            else:
-                prompts = ["In the beginning", "The quick brown fox jumps over the lazy dog.",
-                           "def main():\n    return 0", "1, 2, 3, 5, 8, 13"]
-        a = logits_agreement(args.src, args.dst, prompts)
+        a = logits_agreement(plan.src, plan.dst, prompts)
         print(f"logits vs the original on {a['positions']} positions: top-1 agreement "
               f"{100 * a['top1_agreement']:.2f}%, relative error {a['rel_logit_error']:.3e}")
     return 0

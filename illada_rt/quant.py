@@ -49,6 +49,17 @@ def _expand_scale(scale: torch.Tensor, N: int, K: int, granularity: str) -> torc
 ROW_CHUNK = 1024  # rows quantized at a time: bounds the float temporaries to a few MB per K=4096 row block
 
 
+def nonfinite_at(t: torch.Tensor) -> tuple[int, ...] | None:
+    """Index of t's first inf or NaN element (checked ROW_CHUNK rows at a time), None when every one is finite."""
+    rows = t.reshape(t.shape[0] if t.dim() else 1, -1)
+    for r0 in range(0, rows.shape[0], ROW_CHUNK):
+        bad = ~torch.isfinite(rows[r0:r0 + ROW_CHUNK])
+        if bad.any():
+            flat = r0 * rows.shape[1] + int(bad.reshape(-1).nonzero()[0])
+            return tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), t.shape))
+    return None
+
+
 def quantize_weight(w: torch.Tensor, scheme: str, granularity: str = "channel") -> tuple[torch.Tensor, torch.Tensor]:
     """w [N, K] float -> (q [N, K] int8 or float8_e4m3fn, scale float32 [N] or [ceil(N/128), ceil(K/128)]).
 
@@ -74,7 +85,8 @@ def quantize_weight(w: torch.Tensor, scheme: str, granularity: str = "channel") 
             blocks, _, _ = _block_view(wf)
             amax = blocks.abs().amax(dim=(1, 3))
         if not torch.isfinite(amax).all():
-            raise ValueError("quantize_weight: the weight holds inf or NaN")
+            r, c = nonfinite_at(wf)
+            raise ValueError(f"quantize_weight: the weight holds {float(wf[r, c])} at [{r0 + r}, {c}]")
         scale = torch.where(amax > 0, amax / QMAX[scheme], torch.ones_like(amax)).to(torch.float32)
         wf.div_(_expand_scale(scale, rows, K, granularity))
         if scheme == "int8":
