@@ -31,6 +31,7 @@ SAFETENSORS_DTYPES = {
 }
 # What an unquantized weight may be stored as (the model converts it to its compute dtype).
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+FP8_CHUNK = 1 << 24
 
 
 def has_nonfinite(t: torch.Tensor) -> bool:
@@ -40,7 +41,9 @@ def has_nonfinite(t: torch.Tensor) -> bool:
         return False
     if t.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
         special = 0x7F if t.dtype == torch.float8_e4m3fn else 0x7C
-        return bool(((t.view(torch.uint8) & special) == special).any())
+        flat = t.reshape(-1).view(torch.uint8)  # masked in 16 MB pieces: no temporary the size of an LM head
+        return any(bool(((flat[i:i + FP8_CHUNK] & special) == special).any())
+                   for i in range(0, flat.numel(), FP8_CHUNK))
     lo, hi = torch.aminmax(t)
     return not bool(torch.isfinite(lo) & torch.isfinite(hi))
 
@@ -123,13 +126,15 @@ class SafetensorsFile:
         return self._mm
 
     def release(self, name: str) -> None:
-        """Drop the resident pages of one tensor's bytes (MADV_DONTNEED): a streaming reader stays at one tensor's
-        worth of memory instead of growing to the whole file. The data is re-read from disk if touched again."""
+        """Drop this process's resident pages of one tensor's bytes (MADV_DONTNEED): a streaming reader stays at one
+        tensor's worth of memory instead of growing to the whole file, and a weight the loader copied (packed,
+        converted) is resident once, as the copy. Only pages wholly inside the tensor are dropped, never one it
+        shares with a neighbour. The bytes are re-read from the file (or the page cache) if touched again."""
         if self._mm is None or not hasattr(self._mm, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
             return
         e = self.entries[name]
         page = mmap.PAGESIZE
-        start, end = (e.begin // page) * page, min(-(-e.end // page) * page, self._size)
+        start, end = -(-e.begin // page) * page, (e.end // page) * page
         if end > start:
             self._mm.madvise(mmap.MADV_DONTNEED, start, end - start)
 
@@ -231,6 +236,10 @@ class WeightStore:
                                   f"expected {list(shape)} from config.json")
         self.read.add(name)
         return self._where[name].tensor(name)
+
+    def release(self, name: str) -> None:
+        """Drop the resident pages of tensor `name`'s bytes from the memory map (SafetensorsFile.release)."""
+        self._where[name].release(name)
 
     def storage_dtype(self) -> torch.dtype | None:
         """The float dtype the model's tensors are stored in (quantization scales do not count)."""

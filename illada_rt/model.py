@@ -67,11 +67,14 @@ class WeightLoader:
     turns each refusal into a warning.
 
     The finiteness check is one aminmax pass per tensor: on converted tensors while they are in cache, on zero-copy
-    views of the memory map a read of the file that the first forward would make anyway."""
+    views of the memory map a read of the file that the first forward would make anyway. A weight the model holds
+    as a copy (packed for the int8 / fp8 kernels, converted to another dtype or device) has its mapped pages released
+    once read, so it is resident once; the map stays resident only for the tensors used in place."""
 
     def __init__(self, store: WeightStore, scheme: QuantScheme | None, device: torch.device, dtype: torch.dtype,
                  strict: bool = True):
         self.store, self.scheme, self.device, self.dtype, self.strict = store, scheme, device, dtype, strict
+        self.released: list[str] = []  # tensors the model holds copies of: their mapped pages are not needed
 
     def refuse(self, message: str) -> None:
         if self.strict:
@@ -105,6 +108,7 @@ class WeightLoader:
         stored = self.store.get(name, shape)
         t = stored.to(device=self.device, dtype=self.dtype)
         self._check_finite(name, t, stored)
+        self._release_if_copied(name, t, stored)
         return t
 
     def linear(self, name: str, shape: tuple[int, int]) -> torch.Tensor | QuantizedLinear:
@@ -116,9 +120,27 @@ class WeightLoader:
             self._check_finite(name, stored, stored)
             s = self.store.get(scale, self.store.entry(scale).shape)
             self._check_finite(scale, s, s)
+            self._release(name)  # packed (or dequantized) into memory of its own: the file's pages go
+            self._release(scale)
         else:
             self._check_finite(name, w, stored)
+            self._release_if_copied(name, w, stored)
         return w
+
+    def _release_if_copied(self, name: str, t: torch.Tensor, stored: torch.Tensor) -> None:
+        """Keep the mapped pages of a tensor the model runs from in place; drop them when it holds a copy."""
+        if t.device != stored.device or t.data_ptr() != stored.data_ptr():
+            self._release(name)
+
+    def _release(self, name: str) -> None:
+        self.store.release(name)
+        self.released.append(name)
+
+    def release_again(self) -> None:
+        """Drop the released tensors' pages once more after the last read: reading a neighbour maps the pages around
+        each fault that the page cache holds (the kernel's fault-around, 64 KB), released ones included."""
+        for name in self.released:
+            self.store.release(name)
 
     def check_all_read(self, cfg: ModelConfig) -> None:
         """Refuse tensors the model did not load (a layer beyond n_layers, a bias, a norm it lacks ...)."""
@@ -161,6 +183,7 @@ class Transformer:
         self.final_norm = load.dense(g["final_norm"], (d,))
         self.head = self.embed if cfg.tied_embeddings else load.linear(g["head"], (e, d))
         load.check_all_read(cfg)
+        load.release_again()
 
     @torch.inference_mode()
     def forward(self, ids: torch.Tensor, key_mask: torch.Tensor | None = None,

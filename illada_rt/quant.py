@@ -266,7 +266,7 @@ def load_linear(store, name: str, shape: tuple[int, int], scheme: QuantScheme | 
         raise CheckpointError(f"{store.directory}: quantized tensor {name!r} has no {scale_name!r}")
     q = store.get(name, shape)
     scale = store.entry(scale_name)
-    s = store.get(scale_name, scale.shape).float()
+    s = store.get(scale_name, scale.shape).to(torch.float32, copy=True)  # a copy: the mapped pages are released
     N, K = shape
     if scheme.source == QUANT_METHOD:  # our own files: the declared granularity, shape-checked below
         gran = scheme.granularity

@@ -1,0 +1,74 @@
+"""Memory after load: a weight that is copied at load (packed for the int8 / fp8 kernels, converted to another dtype)
+is resident once, as the copy; the memory-mapped file stays resident only for the tensors the model runs from in
+place. Measured from this process's own page tables (/proc/self/smaps: resident pages per mapping of a shard)."""
+import mmap
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+import illada_rt
+from illada_rt.checkpoint import WeightStore
+from illada_rt.quantize import quantize_checkpoint
+from illada_rt.synthetic import TinySpec, write_checkpoint
+
+PAGE = mmap.PAGESIZE
+SPEC = TinySpec(d_model=256, n_heads=4, n_kv_heads=4, n_layers=2, mlp_hidden_size=768, vocab_size=101,
+                dtype="bfloat16", shards=3, seed=21)
+
+
+def resident_file_bytes(files) -> int:
+    """Resident bytes of every mapping of `files` in this process (smaps 'Rss' of each mapping)."""
+    names, total, counting = {str(Path(f).resolve()) for f in files}, 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            first = line.split(maxsplit=1)[0]
+            if "-" in first and not first.endswith(":"):  # a mapping's header line: address range ... [path]
+                parts = line.split(maxsplit=5)
+                counting = len(parts) == 6 and parts[5].strip() in names
+            elif counting and first == "Rss:":
+                total += int(line.split()[1]) * 1024
+    return total
+
+
+def allowed_pages(directory, in_place) -> int:
+    """Bytes of the pages that may stay resident: every page of a tensor used in place, and the first and last page
+    of every other tensor (a page it shares with a neighbour is not its own to drop)."""
+    store, pages = WeightStore(directory), set()
+    for name in store.names():
+        e = store.entry(name)
+        if e.end == e.begin:
+            continue
+        first, last = e.begin // PAGE, (e.end - 1) // PAGE
+        span = range(first, last + 1) if in_place(e) else (first, last)
+        pages.update((str(e.file), p) for p in span)
+    return len(pages) * PAGE
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    return write_checkpoint(tmp_path_factory.mktemp("loadmem") / "src", SPEC)
+
+
+def _check(directory, dtype, in_place):
+    files = sorted(Path(directory).glob("*.safetensors"))
+    model = illada_rt.load(directory, dtype=dtype)
+    resident, allowed = resident_file_bytes(files), allowed_pages(directory, in_place)
+    copied = sum(f.stat().st_size for f in files) - allowed
+    assert copied > 4 * allowed  # the check can tell: what must be dropped outweighs what may stay
+    assert resident <= allowed, (f"{resident} bytes of the shard files still resident after load; only the "
+                                 f"{allowed} bytes of tensors used in place may be")
+    ids = torch.randint(0, 100, (1, 8), generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(model.forward(ids)).all()  # the model still runs from what it kept
+
+
+@pytest.mark.parametrize("scheme", ["int8", "fp8"])
+def test_quantized_weights_are_resident_once(source, tmp_path, scheme):
+    dst = tmp_path / scheme
+    quantize_checkpoint(source, dst, scheme, progress=False)
+    _check(dst, torch.bfloat16, lambda e: e.dtype == torch.bfloat16)  # embedding and norms run from the map
+
+
+def test_converted_weights_drop_the_mapped_source(source):
+    _check(source, torch.float32, lambda e: False)  # every tensor is copied into float32
