@@ -249,6 +249,13 @@ def test_info(checkpoints):
     assert re.search(r"^ +attention: cpu .*; cuda ", r.stdout, re.M)
 
 
+def shell(cmd: str):
+    """A README command line, with this interpreter's `illada-rt` first on PATH (the install under test, not another
+    one that PATH happens to find first)."""
+    env = {**os.environ, "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")}
+    return subprocess.run(["bash", "-ec", cmd], capture_output=True, text=True, cwd=ROOT, timeout=300, env=env)
+
+
 def _readme_block():
     readme = (ROOT / "README.md").read_text()
     return re.search(r"```bash\n(.*?)```", readme, re.S).group(1).splitlines()
@@ -260,7 +267,7 @@ def test_readme_first_command_generates_text():
     assert first.startswith("pip install torch==2.13.0 && pip install . && ")
     cmd = first.split(" && ", 2)[2]
     assert cmd.startswith("illada-rt generate ")
-    r = subprocess.run(["bash", "-ec", cmd], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    r = shell(cmd)
     assert r.returncode == 0, r.stderr
     assert len(r.stdout.split()) >= 5
 
@@ -282,6 +289,6 @@ def test_readme_samples():
             samples.append((lines[0][2:], "\n".join(lines[1:])))
     assert len(samples) >= 5
     for cmd, want in samples:
-        r = subprocess.run(["bash", "-ec", cmd], capture_output=True, text=True, cwd=ROOT, timeout=300)
+        r = shell(cmd)
         assert r.returncode == 0, r.stderr
         assert r.stdout.rstrip("\n") == want, cmd
