@@ -8,7 +8,7 @@ import torch
 
 from .checkpoint import WeightStore
 from .config import ModelConfig, read_config
-from . import scoring
+from . import hub, scoring
 from .decoding import generate_fast, generate_llada, generate_varlen
 from .decoding.noise import RowNoise, row_seeds
 from .decoding.params import check_decoding_args
@@ -371,9 +371,15 @@ class Model:
         return text
 
 
-def load(path=None, device="cpu", dtype=None, mask_token_id: int | None = None, strict: bool = True) -> Model:
-    """Load a LLaDA or Llama-style (iLLaDA) checkpoint directory (config.json + safetensors).
+def load(path=None, device="cpu", dtype=None, mask_token_id: int | None = None, strict: bool = True,
+         revision: str | None = None) -> Model:
+    """Load a LLaDA or Llama-style (iLLaDA) checkpoint (config.json + safetensors): a Hugging Face repo id or a
+    directory.
 
+    path: a repo id such as "GSAI-ML/LLaDA-8B-Instruct" (a str of the form ORG/NAME that is no existing path) loads
+    the snapshot at `revision` (branch, tag or commit hash; default: the default branch) from the Hugging Face cache
+    (HF_HOME, HF_HUB_CACHE), or, unless HF_HUB_OFFLINE is set, downloads only the files it reads (config,
+    safetensors, tokenizer) into that cache (hub.resolve); otherwise a checkpoint directory.
     path=None loads the embedded default model (illada_rt/assets/default).
     A checkpoint this runtime cannot run correctly is refused with a ConfigError / CheckpointError naming the field
     or tensor: config.json fields that change the architecture (rope_scaling, an activation other than SiLU,
@@ -381,7 +387,7 @@ def load(path=None, device="cpu", dtype=None, mask_token_id: int | None = None, 
     quantization_config, NaN or infinite weights, tensors that belong to no part of the configured model.
     strict=False loads such a checkpoint anyway, with a warning for each problem.
     """
-    directory = DEFAULT_MODEL if path is None else Path(path)
+    directory = hub.resolve(DEFAULT_MODEL if path is None else path, revision)
     if not directory.is_dir():
         if path is None:
             raise ConfigError(f"the embedded default model is missing from this install ({directory}); "

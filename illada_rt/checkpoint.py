@@ -164,6 +164,16 @@ class SafetensorsFile:
         return flat.view(e.shape)
 
 
+def refuse_pickle_only(where, names) -> None:
+    """CheckpointError when the file names hold pickle weights and no safetensors file (a directory's, or a Hugging
+    Face repo's before anything is downloaded)."""
+    pickles = sorted(n for n in names if Path(n).suffix in PICKLE_SUFFIXES)
+    if pickles and not any(n.endswith(".safetensors") for n in names):
+        raise CheckpointError(
+            f"{where}: only pickle weight files found ({', '.join(pickles)}); illada-rt loads safetensors only and "
+            f"never unpickles. Convert the checkpoint to safetensors first.")
+
+
 def find_weight_files(directory: Path) -> list[Path]:
     """The safetensors files of a checkpoint directory (single file or index + shards)."""
     d = Path(directory)
@@ -194,11 +204,7 @@ def find_weight_files(directory: Path) -> list[Path]:
     others = sorted(d.glob("*.safetensors"))
     if others:
         return others
-    pickles = sorted(p.name for p in d.iterdir() if p.suffix in PICKLE_SUFFIXES)
-    if pickles:
-        raise CheckpointError(
-            f"{d}: only pickle weight files found ({', '.join(pickles)}); illada-rt loads safetensors only and "
-            f"never unpickles. Convert the checkpoint to safetensors first.")
+    refuse_pickle_only(d, [p.name for p in d.iterdir()])
     raise CheckpointError(f"{d}: no model.safetensors or model.safetensors.index.json")
 
 

@@ -15,6 +15,8 @@ import sys
 import time
 
 SEED_LIMIT = 2**64  # seeds are unsigned 64-bit (the Philox key); the API takes the same range
+MODEL_HELP = ("a Hugging Face repo id (ORG/NAME: from the hub cache, else its config, safetensors and tokenizer are "
+              "downloaded; HF_HUB_OFFLINE=1: the cache only) or a checkpoint directory")
 
 
 class UsageError(Exception):
@@ -45,7 +47,8 @@ def cmd_generate(args) -> int:
     prompt = args.prompt if args.prompt is not None else sys.stdin.read()
     if args.prompt is None and prompt.endswith("\n"):
         prompt = prompt[:-1]
-    m = illada_rt.load(args.model, device=args.device, dtype=args.dtype, mask_token_id=args.mask_id)
+    m = illada_rt.load(args.model, device=args.device, dtype=args.dtype, mask_token_id=args.mask_id,
+                       revision=args.revision)
     kwargs = dict(gen_length=args.gen_length, steps=args.steps, block_length=args.block_length,
                   temperature=args.temperature, remasking=args.remasking, cfg_scale=args.cfg_scale, seed=args.seed,
                   threshold=args.threshold, factor=args.factor, cache=args.cache, eos_early_stop=args.eos_early_stop)
@@ -123,9 +126,10 @@ def cmd_info(args) -> int:
     from illada_rt.api import DEFAULT_MODEL, _resolve_dtype
     from illada_rt.checkpoint import WeightStore, directory_size
     from illada_rt.config import read_config
+    from illada_rt.hub import resolve
     from illada_rt.tokenizer import load_tokenizer
 
-    path = args.model or DEFAULT_MODEL
+    path = resolve(args.model or DEFAULT_MODEL, args.revision)
     cfg = read_config(path)
     tok = load_tokenizer(path)
     store = WeightStore(path)
@@ -179,7 +183,7 @@ def cmd_quantize(args) -> int:
     if texts and not args.report:
         raise UsageError("--prompt/--prompts-file go with --report")
     skip = [s for s in (args.skip or "").split(",") if s.strip()]
-    plan = plan_quantize(args.src, args.dst, args.scheme, args.granularity, skip, args.force)
+    plan = plan_quantize(args.src, args.dst, args.scheme, args.granularity, skip, args.force, args.revision)
     prompts = report_prompts(plan.src, plan.cfg, texts) if args.report else []  # checked before writing anything
     for note in plan.notes:
         print(f"illada-rt: note: {note}", file=sys.stderr)
@@ -205,13 +209,16 @@ def build_parser() -> argparse.ArgumentParser:
     # --debug after the subcommand too; SUPPRESS keeps a subcommand from resetting one given before it
     debug = argparse.ArgumentParser(add_help=False)
     debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
+    hub = argparse.ArgumentParser(add_help=False)
+    hub.add_argument("--revision", default=None, help="with a repo id: the branch, tag or commit hash (default: the "
+                     "repo's default branch)")
     sub = p.add_subparsers(dest="command", required=True)
 
-    g = sub.add_parser("generate", parents=[debug], help="generate text from a prompt (stdin when omitted)",
+    g = sub.add_parser("generate", parents=[debug, hub], help="generate text from a prompt (stdin when omitted)",
                        description="Generate from a prompt. Length defaults are shorter than the Python API's "
                        "(gen_length=128, steps=128, block_length=32) for a quick look on a CPU.")
     g.add_argument("prompt", nargs="?", help="prompt text (or token ids with --ids); read from stdin when absent")
-    g.add_argument("--model", default=None, help="checkpoint directory (default: the embedded model)")
+    g.add_argument("--model", default=None, help=f"{MODEL_HELP} (default: the embedded model)")
     g.add_argument("--ids", action="store_true",
                    help="ids in, ids out: the prompt is token ids ('5,17,42' or '5 17 42') and the output is the "
                    "generated ids, space-separated (after the prompt's, masks filled, when it has masks); --json "
@@ -252,14 +259,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--json", action="store_true", help="print tokens, text, NFE and timings as JSON")
     g.set_defaults(func=cmd_generate)
 
-    i = sub.add_parser("info", parents=[debug], help="describe a checkpoint and the kernels that will run")
-    i.add_argument("model", nargs="?", default=None, help="checkpoint directory (default: the embedded model)")
+    i = sub.add_parser("info", parents=[debug, hub], help="describe a checkpoint and the kernels that will run")
+    i.add_argument("model", nargs="?", default=None, help=f"{MODEL_HELP} (default: the embedded model)")
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=cmd_info)
 
-    q = sub.add_parser("quantize", parents=[debug],
+    q = sub.add_parser("quantize", parents=[debug, hub],
                        help="write a quantized copy of a checkpoint (int8 W8A8 or fp8 weights)")
-    q.add_argument("src", help="checkpoint directory (LLaDA or Llama-style layout)")
+    q.add_argument("src", help=f"{MODEL_HELP}; LLaDA or Llama-style layout")
     q.add_argument("dst", help="output directory (written to a temporary name, renamed at the end)")
     q.add_argument("--scheme", choices=["int8", "fp8"], default="int8", help="(default: %(default)s)")
     q.add_argument("--granularity", choices=["channel", "block128"], default="channel",

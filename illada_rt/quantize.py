@@ -20,11 +20,12 @@ from pathlib import Path
 
 import torch
 
-from . import quant
+from . import hub, quant
 from .checkpoint import PICKLE_SUFFIXES, SAFETENSORS_DTYPES, SafetensorsFile, WeightStore, find_weight_files
 from .checkpoint import global_names, layer_names
 from .config import ModelConfig, read_config
 from .errors import CheckpointError
+from .progress import Progress
 
 DTYPE_NAMES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
 INDEX = "model.safetensors.index.json"
@@ -148,13 +149,15 @@ def check_destination(src: Path, dst: Path, force: bool) -> Path:
 
 
 def plan_quantize(src, dst, scheme: str = "int8", granularity: str = "channel", skip=(),
-                  force: bool = False) -> QuantizePlan:
-    """Check every input of quantize_checkpoint and decide what it writes; writes nothing. Raises
-    CheckpointError/ConfigError/ValueError with a message naming the problem."""
+                  force: bool = False, revision: str | None = None) -> QuantizePlan:
+    """Check every input of quantize_checkpoint and decide what it writes; writes nothing (SRC, a Hugging Face repo
+    id, may be downloaded: hub.resolve). Raises CheckpointError/ConfigError/ValueError with a message naming the
+    problem."""
     quant.check_scheme(scheme, granularity)
-    src, dst = Path(src), Path(dst)
+    src, dst = hub.resolve(src, revision), Path(dst)
     if not src.is_dir():
-        raise CheckpointError(f"{src}: not a directory (expected a Hugging Face checkpoint directory)")
+        raise CheckpointError(f"{src}: not a directory (expected a checkpoint directory or a Hugging Face repo "
+                              f"id, ORG/NAME)")
     cfg = read_config(src)
     if "quantization_config" in cfg.raw:
         raise CheckpointError(f"{src}: already quantized (config.json has a quantization_config); quantize the "
@@ -184,10 +187,13 @@ def plan_quantize(src, dst, scheme: str = "int8", granularity: str = "channel", 
 
 
 def quantize_checkpoint(src, dst, scheme: str = "int8", granularity: str = "channel", skip=(), force: bool = False,
-                        measure_error: bool = False, progress: bool = True) -> QuantizeSummary:
-    """Quantize checkpoint directory SRC into DST; returns what was done. Raises CheckpointError/ConfigError/
-    ValueError with a message naming the problem, before writing anything when an input is wrong."""
-    return write_quantized(plan_quantize(src, dst, scheme, granularity, skip, force), measure_error, progress)
+                        measure_error: bool = False, progress: bool = True,
+                        revision: str | None = None) -> QuantizeSummary:
+    """Quantize checkpoint SRC (a directory, or a Hugging Face repo id at `revision`) into DST; returns what was
+    done. Raises CheckpointError/ConfigError/ValueError with a message naming the problem, before writing anything
+    when an input is wrong."""
+    return write_quantized(plan_quantize(src, dst, scheme, granularity, skip, force, revision), measure_error,
+                           progress)
 
 
 def _unused_name(target: Path, kind: str) -> Path:
@@ -226,9 +232,8 @@ def write_quantized(plan: QuantizePlan, measure_error: bool = False, progress: b
     try:
         tmp.mkdir()
         total = sum(len(SafetensorsFile(p).entries) for p in plan.files)
-        if progress:
-            from tqdm import tqdm
-            bar = tqdm(total=total, unit="tensor", desc="quantize", dynamic_ncols=True)
+        if progress:  # a bar on a terminal; a few plain lines on a pipe or in a log
+            bar = Progress(total, "quantize", "tensor")
         weight_map = {}
         for path in plan.files:
             sf = SafetensorsFile(path)
@@ -260,8 +265,7 @@ def write_quantized(plan: QuantizePlan, measure_error: bool = False, progress: b
                 elif (err := _nonfinite_error(path, name, t)) is not None:
                     raise err
                 if bar is not None:
-                    bar.set_postfix_str(path.name)
-                    bar.update(1)
+                    bar.update(1, path.name)
                 return t
 
             def written(name, sf=sf):  # the source bytes of a written tensor leave resident memory
