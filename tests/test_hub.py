@@ -116,6 +116,15 @@ def test_offline_and_not_cached_is_one_clear_error(hub):
         illada_rt.load(REPO, revision="v3")
 
 
+def test_offline_with_a_partial_snapshot_says_what_is_missing(hub):
+    """A snapshot holding only config.json (what a transformers AutoConfig call leaves): not loadable, offline."""
+    config = (hub["dirs"]["main"] / "config.json").read_bytes()
+    add_revision(hub["cache"], "org/config-only", "4" * 40, {"config.json": config}, ref="main")
+    with pytest.raises(CheckpointError, match=r"org/config-only is incomplete in the Hugging Face cache .*no "
+                                              r"model\.safetensors.*hf download org/config-only"):
+        illada_rt.load("org/config-only")
+
+
 def test_cli_offline_error_is_one_line(tmp_path):
     r = cli("info", "GSAI-ML/LLaDA-8B-Instruct", env=hub_env(tmp_path / "empty"))
     assert r.returncode == 1 and r.stdout == ""
