@@ -48,6 +48,10 @@ def resolve(name, revision: str | None = None) -> Path:
         raise CheckpointError(_not_cached(name, revision, where, problem, "HF_HUB_OFFLINE is set"))
     from huggingface_hub.utils import RepositoryNotFoundError, RevisionNotFoundError
 
+    unreachable = _unresolvable_endpoint()
+    if unreachable:  # no network: say so at once (the HTTP client would retry for ~25 s, a line per retry)
+        raise CheckpointError(_not_cached(name, revision, where, problem, f"the Hub could not be reached "
+                                          f"({unreachable})"))
     try:
         files = huggingface_hub.HfApi().list_repo_files(name, revision=revision)
     except RevisionNotFoundError:
@@ -60,6 +64,25 @@ def resolve(name, revision: str | None = None) -> Path:
                                           f"({type(e).__name__}: {_first_line(e)})")) from None
     refuse_pickle_only(where, [f for f in files if "/" not in f])  # before anything is downloaded
     return _download(huggingface_hub, name, revision, where, files)
+
+
+def _unresolvable_endpoint() -> str | None:
+    """Why the Hub's host cannot be looked up (no network, no DNS), or None. Skipped behind a proxy, which looks
+    names up itself."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    host = urlparse(constants.ENDPOINT).hostname
+    try:
+        socket.getaddrinfo(host, 443, type=socket.SOCK_STREAM)
+    except OSError as e:  # socket.gaierror included
+        return f"cannot resolve {host}: {e}"
+    return None
 
 
 def _cached(name: str, revision: str | None) -> tuple[Path | None, str | None]:

@@ -16,6 +16,7 @@ from huggingface_hub.file_download import repo_folder_name
 from huggingface_hub.utils import LocalEntryNotFoundError, filter_repo_objects
 
 import illada_rt
+import illada_rt.hub as hub_module
 from illada_rt.errors import CheckpointError, ConfigError
 from illada_rt.progress import Progress
 from illada_rt.synthetic import TinySpec, write_checkpoint
@@ -132,6 +133,25 @@ def test_cli_offline_error_is_one_line(tmp_path):
     assert "GSAI-ML/LLaDA-8B-Instruct" in line and "hf download GSAI-ML/LLaDA-8B-Instruct" in line
 
 
+def test_no_network_fails_at_once_without_retries(hub, monkeypatch):
+    """HF_HUB_OFFLINE unset and the Hub's host cannot be looked up (no network): the offline error at once, without
+    the HTTP client's retries (~25 s, a line each)."""
+    import socket
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(v, raising=False)
+
+    def no_dns(host, *a, **kw):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", lambda *a, **kw: pytest.fail("asked the Hub"))
+    with pytest.raises(CheckpointError, match=r"GSAI-ML/LLaDA-8B-Instruct is not in the Hugging Face cache .*could "
+                                              r"not be reached \(cannot resolve huggingface.co.*hf download"):
+        illada_rt.load("GSAI-ML/LLaDA-8B-Instruct")
+
+
 def test_pickle_only_repo_is_refused_before_any_download(tmp_path, hub, monkeypatch):
     config = (hub["dirs"]["main"] / "config.json").read_bytes()
     add_revision(hub["cache"], "org/pickled", "3" * 40, {"config.json": config, "pytorch_model.bin": b"x"},
@@ -140,6 +160,7 @@ def test_pickle_only_repo_is_refused_before_any_download(tmp_path, hub, monkeypa
         illada_rt.load("org/pickled")
     # not cached, online: the Hub's file list decides, and nothing is downloaded
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub_module, "_unresolvable_endpoint", lambda: None)  # a network, as far as we ask
     monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files",
                         lambda self, repo_id, **kw: ["config.json", "pytorch_model.bin", "README.md"])
     def no_download(repo_id, **kw):
@@ -168,6 +189,7 @@ def test_download_fetches_only_what_the_loader_reads(hub, monkeypatch, capsys):
         return str(hub["snapshots"]["main"])
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub_module, "_unresolvable_endpoint", lambda: None)  # a network, as far as we ask
     monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", lambda self, repo_id, **kw: listing)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
     m = illada_rt.load("org/not-cached", revision="v1", mask_token_id=100)
