@@ -158,3 +158,44 @@ def test_gumbel_argument_validation(kwargs, exc, needle):
     tok, conf = torch.empty(2, dtype=torch.int64), torch.empty(2)
     with pytest.raises(exc, match=needle):
         _C.sample_greedy(torch.randn(2, 10), tok, conf, None, None, 1, None, **kwargs)
+
+
+# Seed 0, offset 0, row id 7: the Philox word of vocabulary index 663870 is 0xffffffca, whose top 24 bits are all
+# ones (found by searching the reference stream; about one word in 2^24 is such).
+EXTREME = dict(seed=0, offset=0, row=7, index=663870)
+
+
+def _extreme_word():
+    from illada_rt.ops.reference import philox4x32_10_torch
+
+    i = EXTREME["index"]
+    z = torch.zeros(1, dtype=torch.int64)
+    words = philox4x32_10_torch(torch.tensor([i // 4]), torch.tensor([EXTREME["row"]]), z, z, (0, 0))
+    return int(words[i % 4])
+
+
+def test_noise_is_finite_at_the_extreme_word():
+    """u = 1 would make the Gumbel noise +inf: the uniform must stay inside (0, 1) for the largest word, written from
+    the definition u = ((w >> 9) + 0.5) / 2^23 in float64 (and the smallest)."""
+    assert _extreme_word() >> 8 == 0xFFFFFF
+    V = EXTREME["index"] + 5
+    g = reference.gumbel_noise(1, V, EXTREME["seed"], EXTREME["offset"], [EXTREME["row"]])[0]
+    assert bool(torch.isfinite(g).all())
+    u = ((_extreme_word() >> 9) + 0.5) / 2**23
+    assert 0 < u < 1 and abs(float(g[EXTREME["index"]]) - (-torch.tensor(u).double().log().neg().log())) < 1e-4
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_extreme_word_cannot_pick_a_hopeless_token(isa, dtype):
+    """A token 100 nats below the rest never wins a Gumbel-max at temperature 1, not even where its noise word is the
+    largest of the stream (before: u rounded to 1, its noise was +inf, and it won)."""
+    V = EXTREME["index"] + 37                      # past the index, not a multiple of 64: vector body and tail
+    logits = torch.zeros(1, V, dtype=dtype)
+    logits[0, EXTREME["index"]] = -100.0
+    tok, conf = torch.empty(1, dtype=torch.int64), torch.empty(1, dtype=torch.float32)
+    _C.sample_greedy(logits, tok, conf, None, None, 2, isa, temperature=1.0, seed=EXTREME["seed"],
+                     offset=EXTREME["offset"], row_ids=torch.tensor([EXTREME["row"]]))
+    assert int(tok[0]) != EXTREME["index"]
+    ref = reference.sample_tokens(logits, torch.float32, 1.0, EXTREME["seed"], EXTREME["offset"], [EXTREME["row"]])
+    assert int(ref[0][0]) != EXTREME["index"]

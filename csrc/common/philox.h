@@ -37,8 +37,10 @@ ILLADA_HD Philox4 philox4x32_10(Philox4 ctr, uint32_t k0, uint32_t k1) {
   return ctr;
 }
 
-// A uniform in the open interval (0, 1) from the top 24 bits of a word: (x >> 8) * 2^-24 + 2^-25.
-ILLADA_HD float uniform_open01(uint32_t x) { return (static_cast<float>(x >> 8) + 0.5f) * (1.0f / 16777216.0f); }
+// A uniform in the open interval (0, 1) from the top 23 bits of a word: ((x >> 9) + 0.5) * 2^-23, every step exact in
+// float32, so u lies in [2^-24, 1 - 2^-24] on every device. (24 bits cannot be: (2^24 - 1) + 0.5 rounds to 2^24, u = 1
+// and the Gumbel noise -log(-log u) = +inf, once per 2^24 words.)
+ILLADA_HD float uniform_open01(uint32_t x) { return (static_cast<float>(x >> 9) + 0.5f) * (1.0f / 8388608.0f); }
 
 // The sampling kernels' noise layout: the four words for vocabulary indices 4 v4 .. 4 v4 + 3 of a row with counter id
 // `row_id` (word v % 4 for index v): counter (v4, row_id low, offset low, offset high ^ row_id high), key = seed.

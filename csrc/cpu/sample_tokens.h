@@ -21,7 +21,7 @@ struct SampleGreedyParams {
   float* entropy;       // [rows] out or null: -sum p log p
   float temperature;    // 0: token = argmax; > 0: token = argmax of logits + temperature * Gumbel noise, the noise
   uint64_t seed;        //   drawn with Philox4x32-10 exactly as the CUDA kernel draws it (common/philox.h:
-  uint64_t offset;      //   noise_words(seed, offset, row id, v / 4), word v % 4, u = ((w >> 8) + 0.5) / 2^24,
+  uint64_t offset;      //   noise_words(seed, offset, row id, v / 4), word v % 4, u = ((w >> 9) + 0.5) / 2^23,
   const int64_t* row_ids;  // g = -log(-log u) in float32); row id = row_ids[r] (null: r). The confidence is the
                         //   softmax probability of the chosen token either way.
   int n_threads;

@@ -173,9 +173,9 @@ inline __m512 log_ps(__m512 x) {
   return _mm512_fmadd_ps(e, _mm512_set1_ps(0.693147180559945f), _mm512_mul_ps(q, r));
 }
 
-inline __m512 gumbel16(__m512i w) {  // -log(-log u), u = ((w >> 8) + 0.5) / 2^24 (two roundings, as the reference)
-  const __m512 u = _mm512_mul_ps(_mm512_add_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(w, 8)), _mm512_set1_ps(0.5f)),
-                                 _mm512_set1_ps(1.0f / 16777216.0f));
+inline __m512 gumbel16(__m512i w) {  // -log(-log u), u = ((w >> 9) + 0.5) / 2^23 (exact: philox.h uniform_open01)
+  const __m512 u = _mm512_mul_ps(_mm512_add_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(w, 9)), _mm512_set1_ps(0.5f)),
+                                 _mm512_set1_ps(1.0f / 8388608.0f));
   const __m512 nl = _mm512_sub_ps(_mm512_setzero_ps(), log_ps(u));
   return _mm512_sub_ps(_mm512_setzero_ps(), log_ps(nl));
 }

@@ -165,7 +165,7 @@ __global__ void __launch_bounds__(kSampleThreads) sample_tokens_kernel(const Sam
 #pragma unroll
       for (int i = 0; i < 8; ++i) {
         const uint32_t w = i < 4 ? r0.v[i] : r1.v[i - 4];
-        st.add(vals[i], vals[i] + temp * gumbel(w), v0 + i, want_entropy);
+        st.add(vals[i], __fadd_rn(vals[i], __fmul_rn(temp, gumbel(w))), v0 + i, want_entropy);
       }
     } else {
 #pragma unroll
@@ -175,7 +175,8 @@ __global__ void __launch_bounds__(kSampleThreads) sample_tokens_kernel(const Sam
   for (int v = n_groups * 8 + threadIdx.x; v < vocab; v += kSampleThreads) {  // the tail (or all, unaligned)
     const float val = to_float(x[v]);
     float score = val;
-    if constexpr (WithNoise) score = val + temp * gumbel(noise.draw4(static_cast<uint32_t>(v / 4)).v[v % 4]);
+    if constexpr (WithNoise)  // __fmul_rn/__fadd_rn: rounded twice as on the CPU, never contracted into an FMA
+      score = __fadd_rn(val, __fmul_rn(temp, gumbel(noise.draw4(static_cast<uint32_t>(v / 4)).v[v % 4])));
     st.add(val, score, v, want_entropy);
   }
 

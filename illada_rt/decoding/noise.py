@@ -77,6 +77,6 @@ class RowNoise:
             c0 = torch.full_like(pos, _UNIFORM_DOMAIN)
             w = philox4x32_10_torch(c0, pos & 0xFFFFFFFF, torch.full_like(pos, step & 0xFFFFFFFF),
                                     torch.full_like(pos, (step >> 32) & 0xFFFFFFFF), (seed, seed >> 32))
-            hi, lo = (w[0] >> 5).to(torch.float64), (w[1] >> 6).to(torch.float64)  # 27 + 26 bits
-            out[r] = (hi * 67108864.0 + lo + 0.5) / 9007199254740992.0
+            hi, lo = (w[0] >> 6).to(torch.float64), (w[1] >> 6).to(torch.float64)  # 26 + 26 bits: exact below
+            out[r] = (hi * 67108864.0 + lo + 0.5) / 4503599627370496.0           # (k + 0.5) / 2^52, inside (0, 1)
         return out

@@ -158,7 +158,7 @@ def gumbel_noise(rows: int, vocab: int, seed: int, offset: int = 0, row_ids=None
                  device: torch.device | str = "cpu") -> torch.Tensor:
     """The sampling kernels' Gumbel noise, float32 [rows, vocab] on `device`: for row r (counter id row_ids[r],
     default r) and index v, word v % 4 of Philox(counter = (v // 4, id & 0xffffffff, offset & 0xffffffff,
-    (offset >> 32) ^ (id >> 32)), key = (seed & 0xffffffff, seed >> 32)), mapped to u = ((w >> 8) + 0.5) / 2^24 and
+    (offset >> 32) ^ (id >> 32)), key = (seed & 0xffffffff, seed >> 32)), mapped to u = ((w >> 9) + 0.5) / 2^23 and
     then g = -log(-log(u)) in float32."""
     seed, offset = seed & (2**64 - 1), offset & (2**64 - 1)
     ids = (torch.arange(rows, dtype=torch.int64) if row_ids is None
@@ -171,7 +171,7 @@ def gumbel_noise(rows: int, vocab: int, seed: int, offset: int = 0, row_ids=None
     c3 = (((offset >> 32) & 0xFFFFFFFF) ^ ((ids >> 32) & 0xFFFFFFFF))[:, None]
     words = torch.stack(philox4x32_10_torch(c0, c1, c2, c3, (seed, seed >> 32)), dim=-1)
     words = words.reshape(rows, n4 * 4)[:, :vocab]
-    u = ((words >> 8).to(torch.float32) + 0.5) * (1.0 / 16777216.0)
+    u = ((words >> 9).to(torch.float32) + 0.5) * (1.0 / 8388608.0)  # exact: u in [2^-24, 1 - 2^-24]
     return -torch.log(-torch.log(u))
 
 
