@@ -60,6 +60,33 @@ def test_ties_go_to_lower_position_and_nan_ranks_first():
     assert tokens.tolist() == [[100, 101, MASK, 103, 104, MASK]]  # 0.5 tie: pos 0 before pos 2
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("impl", ["kernel", "reference"])
+def test_threshold_with_nan_confidences(impl, dtype):
+    """The documented rule: a NaN confidence ranks first and counts as at or above the threshold, so the threshold
+    rule transfers every NaN and every candidate >= threshold (never a NaN in place of a qualified candidate); with
+    none of either, the single top-ranked candidate. Written out from the rule, per row."""
+    nan = float("nan")
+    conf = torch.tensor([[nan, 0.95, 0.5, 0.99, 0.2],     # NaN + two above: three
+                         [0.1, nan, nan, 0.3, 0.2],       # two NaNs, none above: the two NaNs
+                         [0.1, 0.4, 0.3, 0.35, 0.2],      # none above: the most confident only
+                         [nan, 0.95, 0.99, 0.2, 0.1]], dtype=dtype)
+    tokens = torch.full((4, 5), MASK)
+    tokens[3, 0] = 1                                      # a NaN on a non-candidate never moves
+    want = {0: {0, 1, 3}, 1: {1, 2}, 2: {1}, 3: {1, 2}}
+    x0 = torch.arange(5).repeat(4, 1) + 100
+    transferred = torch.zeros(4, dtype=torch.int64)
+    if impl == "kernel":
+        _C.select_confident(conf, x0, None, tokens, MASK, transferred, 0.9)
+    else:
+        reference.select_confident(conf, x0, None, tokens, MASK, transferred, 0.9)
+    for b, cols in want.items():
+        got = {i for i in range(5) if tokens[b, i] != MASK and not (b == 3 and i == 0)}
+        assert got == cols, (b, got)
+        assert int(transferred[b]) == len(cols)
+    assert int(tokens[3, 0]) == 1
+
+
 def test_non_candidates_never_change():
     tokens = torch.tensor([[1, MASK, 2, MASK]])
     conf = torch.tensor([[9.0, 0.1, 8.0, 0.2]])

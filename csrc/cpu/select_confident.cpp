@@ -21,8 +21,8 @@ void select_rows(const SelectConfidentParams& p) {
       if (tok[i] == p.mask_id) cand.push_back(i);
     int64_t k;
     if (p.use_threshold) {  // the candidates at or above the threshold are exactly the top ones in rank order
-      int64_t above = 0;
-      for (int64_t i : cand) above += static_cast<double>(c[i]) >= p.threshold;
+      int64_t above = 0;  // a NaN confidence ranks first, so it counts as at or above the threshold
+      for (int64_t i : cand) above += std::isnan(c[i]) || static_cast<double>(c[i]) >= p.threshold;
       k = cand.empty() ? 0 : std::max<int64_t>(above, 1);
     } else {
       k = std::min<int64_t>(p.k[b], static_cast<int64_t>(cand.size()));

@@ -244,7 +244,7 @@ __global__ void __launch_bounds__(kSelectThreads) select_transfer_kernel(const S
     conf[i] = c;
     cand[i] = is_cand;
     n_cand += is_cand;
-    n_above += is_cand && c >= p.threshold;
+    n_above += is_cand && (c != c || c >= p.threshold);  // NaN ranks first: it counts as at or above
   }
   atomicAdd(&counts[0], n_cand);
   if (p.use_threshold) atomicAdd(&counts[1], n_above);

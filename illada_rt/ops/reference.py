@@ -57,11 +57,12 @@ def select_confident(confidence: torch.Tensor, x0: torch.Tensor, k: torch.Tensor
                      mask_id: int, transferred: torch.Tensor | None = None, threshold: float | None = None) -> None:
     """Per row b, write x0 into the k[b] most confident positions of `tokens` that hold mask_id (in place); with
     k=None and a threshold, into every such position with confidence >= threshold and at least the most confident
-    one (Fast-dLLM's rule)."""
+    one (Fast-dLLM's rule). A NaN confidence ranks above every number (torch.topk's order) and so counts as at or
+    above the threshold: the transferred set is always the top of the ranking."""
     candidates = tokens == mask_id
     conf = torch.where(candidates, confidence, torch.full_like(confidence, float("-inf")))
     if threshold is not None:
-        above = ((confidence >= threshold) & candidates).sum(1)
+        above = (((confidence >= threshold) | confidence.isnan()) & candidates).sum(1)  # NaN ranks first (topk)
         k = torch.where(candidates.any(1), above.clamp(min=1), torch.zeros_like(above))
     for b in range(tokens.shape[0]):
         kb = min(int(k[b]), int(candidates[b].sum()))
