@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import illada_rt
-from illada_rt import _C, ops
+from illada_rt import ops
 from illada_rt.ops import cuda as cuda_ops
 from illada_rt.ops import reference
 from independent import fastdllm_threshold_select
@@ -208,23 +208,6 @@ def test_select_threshold_matches_fast_dllm_rule(threshold, conf_dtype):
     assert torch.equal(ours, ref)
     assert torch.equal(n, take.sum(-1))
     assert n[5].item() == 0 and (n[:5] >= 1).all()
-
-
-@gpu
-@needs_gpu
-@pytest.mark.parametrize("conf_dtype", [torch.float32, torch.float64])
-def test_select_threshold_with_nan_matches_the_cpu_kernel(conf_dtype):
-    """NaN confidences rank first and count as at or above the threshold, on the GPU as on the CPU."""
-    nan = float("nan")
-    conf = torch.tensor([[nan, 0.95, 0.5, 0.99, 0.2], [0.1, nan, nan, 0.3, 0.2], [0.1, 0.4, 0.3, 0.35, 0.2]],
-                        dtype=conf_dtype)
-    tokens = torch.full((3, 5), 5)
-    x0 = torch.arange(5).repeat(3, 1) + 100
-    cpu = tokens.clone()
-    _C.select_confident(conf, x0, None, cpu, 5, None, 0.9)
-    gpu = tokens.cuda()
-    cuda_ops.select_transfer(conf.cuda(), x0.cuda(), gpu, 5, threshold=0.9)
-    assert torch.equal(gpu.cpu(), cpu)
 
 
 @gpu

@@ -165,7 +165,7 @@ __global__ void __launch_bounds__(kSampleThreads) sample_tokens_kernel(const Sam
 #pragma unroll
       for (int i = 0; i < 8; ++i) {
         const uint32_t w = i < 4 ? r0.v[i] : r1.v[i - 4];
-        st.add(vals[i], __fadd_rn(vals[i], __fmul_rn(temp, gumbel(w))), v0 + i, want_entropy);
+        st.add(vals[i], vals[i] + temp * gumbel(w), v0 + i, want_entropy);
       }
     } else {
 #pragma unroll
@@ -175,8 +175,7 @@ __global__ void __launch_bounds__(kSampleThreads) sample_tokens_kernel(const Sam
   for (int v = n_groups * 8 + threadIdx.x; v < vocab; v += kSampleThreads) {  // the tail (or all, unaligned)
     const float val = to_float(x[v]);
     float score = val;
-    if constexpr (WithNoise)  // __fmul_rn/__fadd_rn: rounded twice as on the CPU, never contracted into an FMA
-      score = __fadd_rn(val, __fmul_rn(temp, gumbel(noise.draw4(static_cast<uint32_t>(v / 4)).v[v % 4])));
+    if constexpr (WithNoise) score = val + temp * gumbel(noise.draw4(static_cast<uint32_t>(v / 4)).v[v % 4]);
     st.add(val, score, v, want_entropy);
   }
 
@@ -244,7 +243,7 @@ __global__ void __launch_bounds__(kSelectThreads) select_transfer_kernel(const S
     conf[i] = c;
     cand[i] = is_cand;
     n_cand += is_cand;
-    n_above += is_cand && (c != c || c >= p.threshold);  // NaN ranks first: it counts as at or above
+    n_above += is_cand && c >= p.threshold;
   }
   atomicAdd(&counts[0], n_cand);
   if (p.use_threshold) atomicAdd(&counts[1], n_above);
