@@ -10,7 +10,7 @@ from .checkpoint import WeightStore
 from .config import ModelConfig, read_config
 from . import hub, scoring
 from .decoding import generate_fast, generate_llada, generate_varlen
-from .decoding.noise import RowNoise, row_seeds
+from .decoding.noise import RowNoise, is_seed, row_seeds
 from .decoding.params import check_decoding_args
 from .errors import ConfigError
 from .model import Transformer
@@ -306,7 +306,7 @@ class Model:
             raise ValueError(f"mc_num ({mc_num}) must be a multiple of batch_size ({batch_size})")
         if isinstance(cfg_scale, bool) or not isinstance(cfg_scale, (int, float)) or not cfg_scale >= 0:
             raise ValueError(f"cfg_scale: expected a number >= 0, got {cfg_scale!r}")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64):
+        if seed is not None and not is_seed(seed):
             raise ValueError(f"seed: expected None or an int in [0, 2**64), got {seed!r}")
         self._check_ids(torch.tensor(ctx + cont, dtype=torch.long), "context/continuation")
         self._check_length(len(ctx) + len(cont))
@@ -346,29 +346,29 @@ class Model:
         tokens (a chat template's end of turn...) are dropped but never end it, then the generation up to its first
         end-of-sequence token or stop string."""
         tok = self._need_tokenizer()
-        prompt_ids, gen = [int(i) for i in prompt_ids], [int(i) for i in generated_ids]
-        stops = tok.stop_ids()
-        gen = gen[:next((n for n, i in enumerate(gen) if i in stops), len(gen))]
+        prompt_ids, gen = [int(i) for i in prompt_ids], self._until_end(generated_ids)
         head = tok.decode(prompt_ids, skip_special_tokens=True)
         text = tok.decode(prompt_ids + gen, skip_special_tokens=True)
         if not text.startswith(head):  # a tokenizer whose decoding does not split at the prompt's end
             text = head + tok.decode(gen, skip_special_tokens=True)
-        tail = text[len(head):]
-        for s in stop or []:
-            tail = tail.split(s)[0]
-        return head + tail
+        return head + _cut_at_stops(text[len(head):], stop)
 
     def decode_generation(self, ids, stop: list[str] | None = None) -> str:
         """Text of generated ids, ending before the first end-of-sequence / end-of-turn token and before the
         first stop string."""
-        tok = self._need_tokenizer()
-        ids = [int(i) for i in ids]
-        stops = tok.stop_ids()
-        cut = next((n for n, i in enumerate(ids) if i in stops), len(ids))
-        text = tok.decode(ids[:cut], skip_special_tokens=True)
-        for s in stop or []:
-            text = text.split(s)[0]
-        return text
+        return _cut_at_stops(self._need_tokenizer().decode(self._until_end(ids), skip_special_tokens=True), stop)
+
+    def _until_end(self, ids) -> list[int]:
+        """ids (ints) up to, not including, the first end-of-sequence / end-of-turn token."""
+        ids, stops = [int(i) for i in ids], self._need_tokenizer().stop_ids()
+        return ids[:next((n for n, i in enumerate(ids) if i in stops), len(ids))]
+
+
+def _cut_at_stops(text: str, stop: list[str] | None) -> str:
+    """text before the first occurrence of any stop string."""
+    for s in stop or []:
+        text = text.split(s)[0]
+    return text
 
 
 def load(path=None, device="cpu", dtype=None, mask_token_id: int | None = None, strict: bool = True,

@@ -69,10 +69,11 @@ def generate_fast(model, ids: torch.Tensor, attn: torch.Tensor, *, gen_length: i
         x0, conf = propose(logits, temperature, remasking, noise, canvas.positions[:, lo:hi], mask_id,
                            conf_dtype=torch.float64)
         window = x[:, lo:hi]
-        noise.advance((window == mask_id).any(dim=1))
+        candidates = window == mask_id
+        noise.advance(candidates.any(dim=1))
         k = None
         if factor is not None:
-            k = factor_counts(conf, window == mask_id, factor)
+            k = factor_counts(conf, candidates, factor)
         elif threshold is None:
             k = k_fixed
         before = window.clone() if callback is not None else None

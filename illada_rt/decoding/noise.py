@@ -22,13 +22,16 @@ SEED_LIMIT = 2**64
 _UNIFORM_DOMAIN = 0xFFFFFFFF  # counter word 0 of the remasking uniforms; the Gumbel stream uses ceil(vocab / 4)
 
 
+def is_seed(s) -> bool:
+    """An int in [0, 2**64) (a Philox key)."""
+    return not isinstance(s, bool) and isinstance(s, int) and 0 <= s < SEED_LIMIT
+
+
 def check_seed(seed) -> None:
     """ValueError unless seed is None, an int in [0, 2**64) or a non-empty list/tuple of such ints."""
-    def ok(s):
-        return not isinstance(s, bool) and isinstance(s, int) and 0 <= s < SEED_LIMIT
-    if seed is None or ok(seed):
+    if seed is None or is_seed(seed):
         return
-    if isinstance(seed, (list, tuple)) and seed and all(ok(s) for s in seed):
+    if isinstance(seed, (list, tuple)) and seed and all(is_seed(s) for s in seed):
         return
     raise ValueError(f"seed: expected None, an int in [0, 2**64) or a list of such ints (one per row), got {seed!r}")
 
