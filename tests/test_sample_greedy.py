@@ -199,3 +199,57 @@ def test_the_extreme_word_cannot_pick_a_hopeless_token(isa, dtype):
     assert int(tok[0]) != EXTREME["index"]
     ref = reference.sample_tokens(logits, torch.float32, 1.0, EXTREME["seed"], EXTREME["offset"], [EXTREME["row"]])
     assert int(ref[0][0]) != EXTREME["index"]
+
+
+def _degenerate_rows(V=300, dtype=torch.float32):
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(6, V, generator=g)
+    x[0, 5] = float("nan")                      # one NaN among numbers
+    x[1, :] = float("nan")                      # all NaN
+    x[2, :] = float("-inf")                     # all suppressed
+    x[3, 50] = float("inf")                     # +inf
+    x[4, :7] = float("-inf")                    # some suppressed: an ordinary row
+    x[5, ::2] = float("nan")                    # NaNs in every vector lane pattern
+    return x.to(dtype)
+
+
+def _expected_tokens(x):
+    """The rule, written out: the first index of the largest non-NaN logit; 0 when every logit is NaN."""
+    out = []
+    for row in x.double().tolist():
+        best, arg = None, 0
+        for i, v in enumerate(row):
+            if v == v and (best is None or v > best):
+                best, arg = v, i
+        out.append(arg)
+    return out
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("conf_dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("V", [300, 4099])
+def test_nan_and_infinite_rows_follow_the_documented_rule(isa, dtype, conf_dtype, V):
+    """A NaN logit is never the token; a row whose softmax is undefined (a NaN or +inf logit, every logit -inf) has
+    NaN confidence, margin and entropy, as torch.softmax gives them. Every ISA, the reference and float64 agree."""
+    x = _degenerate_rows(V, dtype)
+    tok, conf, margin, ent = _run(x, isa, conf_dtype=conf_dtype)
+    assert tok.tolist() == _expected_tokens(x)
+    undefined = [True, True, True, True, False, True]
+    for out in (conf, margin, ent):
+        assert out.isnan().tolist() == undefined
+    p = torch.softmax(x[4].double(), -1)
+    assert abs(conf[4].item() - p.max().item()) < 1e-6
+    want_tok, want_conf = reference.sample_greedy(x)[:2]
+    assert torch.equal(tok, want_tok) and torch.equal(conf.isnan(), want_conf.isnan())
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_gumbel_never_picks_a_nan_logit(isa):
+    x = _degenerate_rows()
+    R = x.shape[0]
+    tok, conf = torch.empty(R, dtype=torch.int64), torch.empty(R)
+    _C.sample_greedy(x, tok, conf, None, None, 2, isa, temperature=1.5, seed=9, offset=2)
+    assert not x.gather(1, tok[:, None]).isnan()[[0, 3, 4, 5]].any()
+    assert tok[1].item() == 0 and tok[3].item() == 50  # all NaN: 0; +inf beats any finite noise
+    assert torch.equal(tok, reference.sample_tokens(x, temperature=1.5, seed=9, offset=2)[0])

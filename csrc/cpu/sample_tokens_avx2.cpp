@@ -104,16 +104,29 @@ inline __m256d exp_nonpositive_pd4(__m256d x) {
 
 // max of logits [c0, c1), vectors up to `full` (vocab rounded down to 8), scalars after.
 template <bool BF16>
-float range_max(const char* base, int64_t c0, int64_t c1, int64_t full) {
-  __m256 vmax[4];
+float range_max(const char* base, int64_t c0, int64_t c1, int64_t full, bool& nan) {
+  __m256 vmax[4], unordered = _mm256_setzero_ps();
   for (int u = 0; u < 4; ++u) vmax[u] = _mm256_set1_ps(kNegInf);
   const int64_t c1_full = std::min(c1, full);
   int64_t v = c0;
   for (; v + 32 <= c1_full; v += 32)
-    for (int u = 0; u < 4; ++u) vmax[u] = _mm256_max_ps(vmax[u], load8<BF16>(base, v + 8 * u));
-  for (; v < c1_full; v += 8) vmax[0] = _mm256_max_ps(vmax[0], load8<BF16>(base, v));
+    for (int u = 0; u < 4; ++u) {
+      const __m256 x = load8<BF16>(base, v + 8 * u);
+      unordered = _mm256_or_ps(unordered, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));  // max_ps drops NaNs
+      vmax[u] = _mm256_max_ps(vmax[u], x);
+    }
+  for (; v < c1_full; v += 8) {
+    const __m256 x = load8<BF16>(base, v);
+    unordered = _mm256_or_ps(unordered, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+    vmax[0] = _mm256_max_ps(vmax[0], x);
+  }
   float m = hmax(_mm256_max_ps(_mm256_max_ps(vmax[0], vmax[1]), _mm256_max_ps(vmax[2], vmax[3])));
-  for (; v < c1; ++v) m = std::max(m, load1<BF16>(base, v));  // NaN never becomes the max
+  for (; v < c1; ++v) {
+    const float x = load1<BF16>(base, v);
+    nan |= x != x;
+    m = std::max(m, x);  // NaN never becomes the max
+  }
+  nan |= _mm256_movemask_ps(unordered) != 0;
   return m;
 }
 
@@ -161,6 +174,7 @@ void row_f32(const SampleGreedyParams& p, int64_t r) {
   const char* base = static_cast<const char*>(p.logits) + r * p.ld * esize;
   const int64_t full = p.vocab / 8 * 8;
   float m = kNegInf;
+  bool nan = false;
   int64_t first_chunk = 0;
   double s = 0.0, t = 0.0;
   for (int64_t c0 = 0; c0 < p.vocab; c0 += kChunk) {
@@ -168,7 +182,7 @@ void row_f32(const SampleGreedyParams& p, int64_t r) {
     const int64_t pf1 = std::min(c1 + kChunk, p.vocab);  // prefetch the next chunk
     for (int64_t off = c1 * esize; off < pf1 * static_cast<int64_t>(esize); off += 64)
       _mm_prefetch(base + off, _MM_HINT_T0);
-    const float cm = range_max<BF16>(base, c0, c1, full);
+    const float cm = range_max<BF16>(base, c0, c1, full, nan);
     if (cm > m) {
       if (m > kNegInf) rebase_sums(s, t, m, cm);
       m = cm;
@@ -203,7 +217,8 @@ void row_f32(const SampleGreedyParams& p, int64_t r) {
   }
   double e2 = 0.0;
   if (p.margin) e2 = std::exp(static_cast<double>(runner_up<BF16>(base, p.vocab, m)) - m);
-  write_outputs<ENTROPY>(p, r, first_index<BF16>(base, first_chunk, p.vocab, m), s, t, e2);
+  write_outputs<ENTROPY>(p, r, first_index<BF16>(base, first_chunk, p.vocab, m), s, t, e2, 1.0,
+                         undefined_softmax(nan, m));
 }
 
 template <bool BF16, bool ENTROPY>
@@ -213,9 +228,10 @@ void row_f64(const SampleGreedyParams& p, int64_t r) {
   const char* base = static_cast<const char*>(p.logits) + r * p.ld * esize;
   const int64_t full = p.vocab / 8 * 8;
   float m = kNegInf;
+  bool nan = false;
   int64_t first_chunk = 0;
   for (int64_t c0 = 0; c0 < p.vocab; c0 += kChunk) {
-    const float cm = range_max<BF16>(base, c0, std::min(c0 + kChunk, p.vocab), full);
+    const float cm = range_max<BF16>(base, c0, std::min(c0 + kChunk, p.vocab), full, nan);
     if (cm > m) m = cm, first_chunk = c0;
   }
   double s = 0.0, t = 0.0;
@@ -244,7 +260,8 @@ void row_f64(const SampleGreedyParams& p, int64_t r) {
     }
   }
   const double e2 = p.margin ? std::exp(static_cast<double>(runner_up<BF16>(base, p.vocab, m)) - m) : 0.0;
-  write_outputs<ENTROPY>(p, r, first_index<BF16>(base, first_chunk, p.vocab, m), s, t, e2);
+  write_outputs<ENTROPY>(p, r, first_index<BF16>(base, first_chunk, p.vocab, m), s, t, e2, 1.0,
+                         undefined_softmax(nan, m));
 }
 
 template <bool BF16>

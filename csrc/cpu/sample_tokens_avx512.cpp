@@ -69,18 +69,28 @@ inline __mmask16 tail_mask(int64_t vocab, int64_t v) {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
-// max of logits [c0, c1) (full: vocab rounded down to 64), four independent max chains.
+// max of logits [c0, c1) (full: vocab rounded down to 64), four independent max chains; `nan` is set when a logit of
+// the range is NaN (max_ps drops NaNs, so they are looked for separately).
 template <bool BF16>
-float range_max(const char* base, int64_t c0, int64_t c1, int64_t full, int64_t vocab) {
+float range_max(const char* base, int64_t c0, int64_t c1, int64_t full, int64_t vocab, bool& nan) {
   __m512 vmax[4];
+  __mmask16 unordered = 0;
   for (int u = 0; u < 4; ++u) vmax[u] = _mm512_set1_ps(kNegInf);
   const int64_t c1_full = std::min(c1, full);
   for (int64_t v = c0; v < c1_full; v += 64) {
 #pragma GCC unroll 4
-    for (int u = 0; u < 4; ++u) vmax[u] = _mm512_max_ps(vmax[u], load<BF16>(base, v + 16 * u, 0xffff, kNegInf));
+    for (int u = 0; u < 4; ++u) {
+      const __m512 x = load<BF16>(base, v + 16 * u, 0xffff, kNegInf);
+      unordered |= _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+      vmax[u] = _mm512_max_ps(vmax[u], x);
+    }
   }
-  for (int64_t v = std::max(c0, full); v < c1; v += 16)
-    vmax[0] = _mm512_max_ps(vmax[0], load<BF16>(base, v, tail_mask(vocab, v), kNegInf));
+  for (int64_t v = std::max(c0, full); v < c1; v += 16) {
+    const __m512 x = load<BF16>(base, v, tail_mask(vocab, v), kNegInf);
+    unordered |= _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+    vmax[0] = _mm512_max_ps(vmax[0], x);
+  }
+  nan |= unordered != 0;
   return _mm512_reduce_max_ps(_mm512_max_ps(_mm512_max_ps(vmax[0], vmax[1]), _mm512_max_ps(vmax[2], vmax[3])));
 }
 
@@ -242,6 +252,7 @@ void row_f32(const SampleGreedyParams& p, int64_t r) {
   const char* base = static_cast<const char*>(p.logits) + r * p.ld * esize;
   const int64_t full = p.vocab / 64 * 64;
   float m = kNegInf;
+  bool nan = false;
   int64_t first_chunk = 0;
   double s = 0.0, t = 0.0;
   for (int64_t c0 = 0; c0 < p.vocab; c0 += kChunk) {
@@ -250,7 +261,7 @@ void row_f32(const SampleGreedyParams& p, int64_t r) {
     const int64_t pf1 = std::min(c1 + kChunk, p.vocab);
     for (int64_t off = c1 * esize; off < pf1 * static_cast<int64_t>(esize); off += 64)
       _mm_prefetch(base + off, _MM_HINT_T0);
-    const float cm = range_max<BF16>(base, c0, c1, full, p.vocab);
+    const float cm = range_max<BF16>(base, c0, c1, full, p.vocab, nan);
     if (cm > m) {
       if (m > kNegInf) rebase_sums(s, t, m, cm);
       m = cm;
@@ -293,7 +304,7 @@ void row_f32(const SampleGreedyParams& p, int64_t r) {
   int64_t arg = first_index<BF16>(base, first_chunk, p.vocab, m);
   double e_tok = 1.0;
   apply_noise<BF16>(p, r, base, m, arg, e_tok);
-  write_outputs<ENTROPY>(p, r, arg, s, t, e2, e_tok);
+  write_outputs<ENTROPY>(p, r, arg, s, t, e2, e_tok, undefined_softmax(nan, m));
 }
 
 // float64 confidences: the max first (by chunks, then its first index), then the sum in double precision
@@ -305,9 +316,10 @@ void row_f64(const SampleGreedyParams& p, int64_t r) {
   const char* base = static_cast<const char*>(p.logits) + r * p.ld * esize;
   const int64_t full = p.vocab / 64 * 64;
   float m = kNegInf;
+  bool nan = false;
   int64_t first_chunk = 0;
   for (int64_t c0 = 0; c0 < p.vocab; c0 += kChunk) {
-    const float cm = range_max<BF16>(base, c0, std::min(c0 + kChunk, p.vocab), full, p.vocab);
+    const float cm = range_max<BF16>(base, c0, std::min(c0 + kChunk, p.vocab), full, p.vocab, nan);
     if (cm > m) m = cm, first_chunk = c0;
   }
   const __m512d vmd = _mm512_set1_pd(m), lo = _mm512_set1_pd(-746.0);
@@ -332,7 +344,7 @@ void row_f64(const SampleGreedyParams& p, int64_t r) {
   int64_t arg = first_index<BF16>(base, first_chunk, p.vocab, m);
   double e_tok = 1.0;
   apply_noise<BF16>(p, r, base, m, arg, e_tok);
-  write_outputs<ENTROPY>(p, r, arg, s, t, e2, e_tok);
+  write_outputs<ENTROPY>(p, r, arg, s, t, e2, e_tok, undefined_softmax(nan, m));
 }
 
 template <bool BF16>

@@ -4,6 +4,7 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
+#include <limits>
 
 #include "../common/philox.h"
 #include "sample_tokens.h"
@@ -18,11 +19,16 @@ inline void rebase_sums(double& s, double& t, float m, float m_new) {
   s *= a;
 }
 
+// The softmax of a row is undefined (NaN, as torch.softmax gives it) when a logit is NaN or +inf or every logit is
+// -inf: the vectorized paths see NaNs only through this flag (max_ps drops them) and compute around infinities.
+inline bool undefined_softmax(bool nan_seen, float max) { return nan_seen || !std::isfinite(max); }
+
 // Row r's outputs from s = sum exp(l - max), t = sum exp(l - max) (l - max), e2 = the runner-up's term and e_tok =
-// the chosen token's term (1 for the argmax).
+// the chosen token's term (1 for the argmax); NaN confidence, margin and entropy when the softmax is undefined.
 template <bool ENTROPY>
 inline void write_outputs(const SampleGreedyParams& p, int64_t r, int64_t arg, double s, double t, double e2,
-                          double e_tok = 1.0) {
+                          double e_tok = 1.0, bool undefined = false) {
+  if (undefined) s = t = std::numeric_limits<double>::quiet_NaN();
   p.token[r] = arg;
   if (p.confidence_f64)
     static_cast<double*>(p.confidence)[r] = e_tok / s;

@@ -58,7 +58,8 @@ def select_confident(confidence: torch.Tensor, x0: torch.Tensor, k: torch.Tensor
     """Per row b, write x0 into the k[b] most confident positions of `tokens` that hold mask_id (in place); with
     k=None and a threshold, into every such position with confidence >= threshold and at least the most confident
     one (Fast-dLLM's rule). A NaN confidence ranks above every number (torch.topk's order) and so counts as at or
-    above the threshold: the transferred set is always the top of the ranking."""
+    above the threshold: the transferred set is always the top of the ranking. Equal confidences go to the lower
+    position (a stable sort; torch.topk leaves the order of ties unspecified)."""
     candidates = tokens == mask_id
     conf = torch.where(candidates, confidence, torch.full_like(confidence, float("-inf")))
     if threshold is not None:
@@ -67,7 +68,7 @@ def select_confident(confidence: torch.Tensor, x0: torch.Tensor, k: torch.Tensor
     for b in range(tokens.shape[0]):
         kb = min(int(k[b]), int(candidates[b].sum()))
         if kb > 0:
-            idx = torch.topk(conf[b], kb).indices
+            idx = torch.sort(conf[b], descending=True, stable=True).indices[:kb]
             tokens[b, idx] = x0[b, idx]
         if transferred is not None:
             transferred[b] = max(kb, 0)
@@ -99,11 +100,18 @@ def linear_w8a8(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tenso
     return out.to(out_dtype or x.dtype).reshape(*x.shape[:-1], weight.shape[0])
 
 
+def argmax_ignoring_nan(scores: torch.Tensor) -> torch.Tensor:
+    """argmax over the last dimension where a NaN never wins (the first index on ties; 0 when every score is NaN):
+    the rule of every sampling kernel. torch.argmax alone would pick a NaN."""
+    return torch.argmax(torch.where(scores.isnan(), float("-inf"), scores), dim=-1)
+
+
 def sample_greedy(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """logits [..., V] -> (token = argmax, confidence = its softmax probability, margin = p1 - p2, entropy in
-    nats), computed in float32 (float64 for float64 logits)."""
+    nats), computed in float32 (float64 for float64 logits). A NaN logit is never the token; a row whose softmax is
+    undefined (a NaN or +inf logit, or every logit -inf) has NaN confidence, margin and entropy, as torch.softmax."""
     p = F.softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
-    token = torch.argmax(logits, dim=-1)
+    token = argmax_ignoring_nan(logits)
     conf = torch.gather(p, -1, token[..., None]).squeeze(-1)
     top = torch.topk(p, min(2, p.shape[-1]), dim=-1).values
     margin = top[..., 0] - (top[..., 1] if top.shape[-1] > 1 else 0)
@@ -180,14 +188,14 @@ def sample_gumbel(logits: torch.Tensor, temperature: float, seed: int, offset: i
     """Gumbel-max over rows of logits [R, V]: argmax(logits + temperature * gumbel_noise(...)), the CUDA kernel's
     rule (LLaDA's add_gumbel_noise, exp(l) / (-log u)^T, has the same argmax)."""
     g = gumbel_noise(logits.shape[0], logits.shape[1], seed, offset, row_ids, device=logits.device)
-    return torch.argmax(logits.float() + temperature * g, dim=-1)
+    return argmax_ignoring_nan(logits.float() + temperature * g)
 
 
 def sample_tokens(logits: torch.Tensor, conf_dtype: torch.dtype = torch.float32, temperature: float = 0.0,
                   seed: int = 0, offset: int = 0, row_ids=None) -> tuple[torch.Tensor, torch.Tensor]:
     """logits [R, V] -> (token, confidence): the argmax (temperature 0) or sample_gumbel's Gumbel-max, and the
     chosen token's softmax probability in conf_dtype (float32 softmax, or float64)."""
-    token = (torch.argmax(logits, dim=-1) if temperature == 0
+    token = (argmax_ignoring_nan(logits) if temperature == 0
              else sample_gumbel(logits, temperature, seed, offset, row_ids))
     p = F.softmax(logits.to(torch.promote_types(logits.dtype, conf_dtype)), dim=-1).to(conf_dtype)
     return token, torch.gather(p, -1, token[..., None]).squeeze(-1)
