@@ -1,12 +1,27 @@
 """The CUDA emulator (illada_rt._C_cuda_emu, csrc/cuda_emu/): small kernels written as CUDA source run on the CPU,
 CTA by CTA with each CTA's threads as fibers in warps of 32. Correct kernels agree with PyTorch; broken ones
 (divergent barriers, divergent warp shuffles) raise an error naming the kernel instead of hanging; shared memory
-holds the poison pattern until written.
+holds the poison pattern until written. Each checker (shared-memory races, uninitialized shared reads, reads before
+cp.async.wait_group, out-of-bounds global and shared accesses) fires on a deliberately broken kernel and stays quiet
+on its corrected twin.
 """
+import contextlib
+
 import pytest
 import torch
 
 from illada_rt import _C_cuda_emu as emu
+
+pytestmark = pytest.mark.skipif(not emu.INSTRUMENTED, reason="the emulator's checkers need a GCC or Clang build")
+
+
+@contextlib.contextmanager
+def checks_off():
+    emu.set_checks(False)
+    try:
+        yield
+    finally:
+        emu.set_checks(True)
 
 POISON_I32 = int.from_bytes(bytes([emu.POISON_BYTE] * 4), "little", signed=True)
 
@@ -74,8 +89,94 @@ def test_emulator_usable_after_an_error():
 def test_shared_memory_is_poisoned_at_every_cta_start(grid, block):
     static = torch.zeros(grid * block, dtype=torch.int32)
     dynamic = torch.zeros(grid * block, dtype=torch.int32)
-    emu.shared_before_write(static, dynamic, grid, block)  # each CTA zeroes what it read: the next must re-poison
+    with checks_off():  # the initialization checker would stop the first read
+        emu.shared_before_write(static, dynamic, grid, block)  # each CTA zeroes what it read: the next must re-poison
     assert POISON_I32 != 0 and bool((static == POISON_I32).all()) and bool((dynamic == POISON_I32).all())
+
+
+def test_read_of_uninitialized_shared_memory_is_reported():
+    out = torch.zeros(64, dtype=torch.int32)
+    with pytest.raises(emu.EmulatedKernelError, match=r"shared_before_write.*read of uninitialized static shared "
+                                                      r"memory .* by thread \(0,0,0\)"):
+        emu.shared_before_write(out, out.clone(), 1, 64)
+
+
+@pytest.mark.parametrize("block", [2, 32, 100])
+def test_read_of_a_neighbours_write_without_a_barrier_is_a_race(block):
+    out = torch.zeros(block, dtype=torch.int32)
+    with pytest.raises(emu.EmulatedKernelError, match=r"shared-memory race at static shared memory offset \d+: "
+                                                      r"thread \(1,0,0\) reads what thread \(0,0,0\) wrote"):
+        emu.neighbour_exchange(out, block, False, False)
+    emu.neighbour_exchange(out, block, True, False)  # with the barrier: no race, and the right values
+    assert out.tolist() == [-1] + list(range(block - 1))
+
+
+def test_warp_synchronous_exchange_is_ordered_by_the_warp_collective():
+    out = torch.zeros(32, dtype=torch.int32)
+    emu.neighbour_exchange(out, 32, False, True)  # __syncwarp orders the lanes of one warp
+    assert out.tolist() == [-1] + list(range(31))
+    out = torch.zeros(64, dtype=torch.int32)  # but not lanes of different warps: thread 32 reads thread 31's write
+    with pytest.raises(emu.EmulatedKernelError, match=r"thread \(32,0,0\) reads what thread \(31,0,0\) wrote"):
+        emu.neighbour_exchange(out, 64, False, True)
+
+
+def test_overwrite_of_what_another_thread_read_in_the_same_interval_is_a_race():
+    out = torch.zeros(40, dtype=torch.int32)
+    with pytest.raises(emu.EmulatedKernelError, match=r"thread \(1,0,0\) writes what thread \(0,0,0\) read"):
+        emu.read_then_overwrite(out, 40, False)
+    emu.read_then_overwrite(out, 40, True)
+    assert out.tolist() == [(t + 1) % 40 for t in range(40)]
+
+
+@pytest.mark.parametrize("n", [0, 5, 63])
+def test_global_read_past_a_tensor_is_out_of_bounds(n):
+    x, out = torch.arange(float(n)), torch.zeros(64)
+    with pytest.raises(emu.EmulatedKernelError, match=rf"out-of-bounds global read of 4 bytes .* by thread "
+                                                      rf"\({n},0,0\)"):
+        emu.copy_block(x, out, 64)
+    emu.copy_block(torch.arange(64.0), out, 64)
+    assert out.tolist() == list(range(64))
+
+
+def test_global_write_past_a_tensor_is_out_of_bounds():
+    x = torch.arange(64.0)
+    big = torch.zeros(100)
+    with pytest.raises(emu.EmulatedKernelError, match=r"out-of-bounds global write .*past the end of `out`"):
+        emu.copy_block(x, big[:63], 64)  # a view: the bytes after it belong to `big`, not to the argument
+    assert big[63:].eq(0).all()
+
+
+@pytest.mark.parametrize("offset", [1, -1])
+def test_dynamic_shared_access_outside_the_launch_size_is_out_of_bounds(offset):
+    out = torch.zeros(32, dtype=torch.int32)
+    with pytest.raises(emu.EmulatedKernelError, match=r"out-of-bounds write of 4 bytes of dynamic shared memory "
+                                                      r"\(128 bytes\)"):
+        emu.shared_index(out, 32, 32, offset)
+    emu.shared_index(out, 32, 33, 1 if offset > 0 else 0)
+    assert out.tolist() == list(range(32))
+
+
+def test_read_before_cp_async_wait_group_is_reported():
+    x, out = torch.arange(4.0 * 64), torch.zeros(4 * 64)
+    with pytest.raises(emu.EmulatedKernelError, match=r"cp_async_exchange.*read of static shared memory offset "
+                                                      r"\d+ by thread \(0,0,0\) before the cp.async.wait_group"):
+        emu.cp_async_exchange(x, out, 64, False)
+    emu.cp_async_exchange(x, out, 64, True)
+    assert out.tolist() == torch.roll(x.view(64, 4), -1, 0).flatten().tolist()
+
+
+def test_without_the_wait_the_data_is_poison_even_unchecked():
+    x, out = torch.arange(4.0 * 64), torch.zeros(4 * 64)
+    with checks_off():
+        emu.cp_async_exchange(x, out, 64, False)
+    assert (out.view(torch.int32) == POISON_I32).all()
+
+
+def test_launch_counts_per_kernel_name():
+    before = emu.launch_counts().get("copy_block", 0)
+    emu.copy_block(torch.arange(8.0), torch.zeros(8), 8)
+    emu.copy_block(torch.arange(8.0), torch.zeros(8), 8)
+    assert emu.launch_counts()["copy_block"] == before + 2
 
 
 def test_bad_launch_arguments_are_value_errors():

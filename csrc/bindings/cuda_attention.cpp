@@ -52,10 +52,10 @@ void attention(py::handle q_, py::handle k_, py::handle v_, py::handle out_, py:
   }
   ILLADA_CHECK(scale > 0 && scale < 1e30, "scale: must be positive and finite, got " << scale);
   for (auto* t : {&q, &k, &v, &out}) {
-    t->expect_cuda(device);
+    t->expect_kernel_device(device);
     t->expect_aligned(16);
   }
-  if (p.key_mask) mask.expect_cuda(device);
+  if (p.key_mask) mask.expect_kernel_device(device);
 
   p.q = q.data, p.k = k.data, p.v = v.data, p.out = out.data;
   p.q_batch_stride = q.strides[0], p.q_head_stride = q.strides[1], p.q_row_stride = q.strides[2];
@@ -66,7 +66,7 @@ void attention(py::handle q_, py::handle k_, py::handle v_, py::handle out_, py:
   p.tq = static_cast<int>(Tq), p.tk = static_cast<int>(Tk), p.head_dim = static_cast<int>(D);
   p.scale = static_cast<float>(scale);
   p.is_bf16 = q.dtype == DType::bf16;
-  launch_on(device, [&] { return cuda::attention_bidir(p, reinterpret_cast<void*>(stream)); });
+  launch_on(device, {&q, &k, &v, &out, &mask}, [&] { return cuda::attention_bidir(p, reinterpret_cast<void*>(stream)); });
 }
 
 }  // namespace

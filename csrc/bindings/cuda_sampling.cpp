@@ -52,9 +52,9 @@ void sample_tokens(py::handle logits_, py::handle token_, py::handle conf_, py::
     row_ids = view(row_ids_, "row_ids", true);
     expect_out_vector(row_ids, {DType::i64}, rows, "logits.shape[0]");
   }
-  for (auto* t : {&logits, &token, &conf}) t->expect_cuda(device);
+  for (auto* t : {&logits, &token, &conf}) t->expect_kernel_device(device);
   for (auto* t : {&margin, &entropy, &row_ids})
-    if (t->data) t->expect_cuda(device);
+    if (t->data) t->expect_kernel_device(device);
 
   p.logits = logits.data;
   p.logits_type = logits.dtype == DType::f32    ? cuda::LogitsType::f32
@@ -72,7 +72,7 @@ void sample_tokens(py::handle logits_, py::handle token_, py::handle conf_, py::
   p.seed = seed;
   p.offset = offset;
   p.row_ids = row_ids.data ? row_ids.ptr<int64_t>() : nullptr;
-  launch_on(device, [&] { return cuda::sample_tokens(p, reinterpret_cast<void*>(stream)); });
+  launch_on(device, {&logits, &token, &conf, &margin, &entropy, &row_ids}, [&] { return cuda::sample_tokens(p, reinterpret_cast<void*>(stream)); });
 }
 
 void select_transfer(py::handle confidence_, py::handle x0_, py::handle tokens_, int64_t mask_id, py::handle k_,
@@ -116,9 +116,9 @@ void select_transfer(py::handle confidence_, py::handle x0_, py::handle tokens_,
     tmask.expect_dim(1, block, "tokens.shape[1]");
     tmask.expect_contiguous();
   }
-  for (auto* t : {&conf, &x0, &tok}) t->expect_cuda(device);
+  for (auto* t : {&conf, &x0, &tok}) t->expect_kernel_device(device);
   for (auto* t : {&kk, &transferred, &tmask})
-    if (t->data) t->expect_cuda(device);
+    if (t->data) t->expect_kernel_device(device);
 
   p.confidence = conf.data;
   p.confidence_f64 = conf.dtype == DType::f64;
@@ -133,7 +133,7 @@ void select_transfer(py::handle confidence_, py::handle x0_, py::handle tokens_,
   p.transfer_mask = tmask.data ? tmask.ptr<bool>() : nullptr;
   p.batch = batch;
   p.block = block;
-  launch_on(device, [&] { return cuda::select_transfer(p, reinterpret_cast<void*>(stream)); });
+  launch_on(device, {&conf, &x0, &tok, &kk, &transferred, &tmask}, [&] { return cuda::select_transfer(p, reinterpret_cast<void*>(stream)); });
 }
 
 }  // namespace

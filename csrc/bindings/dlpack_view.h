@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "../common/check.h"
@@ -55,6 +56,7 @@ struct TensorView {
   int32_t device_id = 0;
   std::vector<int64_t> shape;
   std::vector<int64_t> strides;  // in elements, always filled (compact strides when DLPack gives none)
+  int64_t elem_bytes = 0;
 
   int64_t ndim() const { return static_cast<int64_t>(shape.size()); }
   int64_t numel() const {
@@ -126,6 +128,24 @@ struct TensorView {
     expect_contiguous();
   }
   int64_t row_stride() const { return ndim() >= 2 ? strides[ndim() - 2] : 0; }
+  // The tensors of a CUDA kernel: CUDA tensors on `device`, or CPU tensors when the kernel runs on the CUDA
+  // emulator (a binding compiled with ILLADA_CUDA_EMU).
+  void expect_kernel_device(int device) const {
+#ifdef ILLADA_CUDA_EMU
+    (void)device;
+    expect_cpu();
+#else
+    expect_cuda(device);
+#endif
+  }
+  // The bytes its elements span, [first, last + 1) (empty for an empty or absent tensor).
+  std::pair<uintptr_t, uintptr_t> byte_span() const {
+    const auto base = reinterpret_cast<uintptr_t>(data);
+    if (data == nullptr || numel() == 0) return {base, base};
+    int64_t lo = 0, hi = 0;
+    for (int64_t d = 0; d < ndim(); ++d) (strides[d] < 0 ? lo : hi) += (shape[d] - 1) * strides[d];
+    return {base + lo * elem_bytes, base + (hi + 1) * elem_bytes};
+  }
 };
 
 // no_sync: for a CUDA tensor, ask the producer for no stream synchronization (`__dlpack__(stream=-1)`): the kernels
@@ -150,6 +170,7 @@ inline TensorView view(py::handle obj, const char* name, bool no_sync = false) {
   v.capsule = cap;
   v.data = static_cast<char*>(t.data) + t.byte_offset;
   v.dtype = dtype_of(t.dtype);
+  v.elem_bytes = (t.dtype.bits * t.dtype.lanes + 7) / 8;
   v.device_type = t.device.device_type;
   v.device_id = t.device.device_id;
   ILLADA_CHECK(t.ndim >= 0 && t.ndim <= 8, name << ": unsupported rank " << t.ndim);

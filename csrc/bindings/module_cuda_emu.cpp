@@ -1,10 +1,13 @@
-// illada_rt._C_cuda_emu: the CUDA emulator (csrc/cuda_emu/) and small kernels that exercise it on CPU tensors.
-// A misuse of barriers or warp collectives inside a kernel raises EmulatedKernelError (a RuntimeError).
+// illada_rt._C_cuda_emu: the CUDA emulator (csrc/cuda_emu/) running the project's CUDA kernel sources on CPU
+// tensors, with the same argument checks as _C_cuda, plus small kernels that exercise the emulator and its checks.
+// A fault inside a kernel raises EmulatedKernelError (a RuntimeError) naming the kernel, block and thread.
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include "../common/check.h"
 #include "../cuda_emu/runtime.h"
 #include "../cuda_emu/test_kernels.h"
+#include "cuda_registry.h"
 #include "dlpack_view.h"
 
 namespace py = pybind11;
@@ -28,15 +31,37 @@ void check_launch(unsigned grid, unsigned block, unsigned min_block) {
   ILLADA_CHECK(block >= min_block && block <= 1024, "block must be in [" << min_block << ", 1024], got " << block);
 }
 
+// Run a test launcher with `args` declared as the launch's global memory.
+template <typename F>
+void run(std::initializer_list<const TensorView*> args, F&& f) {
+  illada::bind::launch_on(0, args, [&] {
+    f();
+    return std::string();
+  });
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C_cuda_emu, m) {
   namespace t = cuda_emu::tests;
-  m.doc() = "illada-rt CUDA emulator: CUDA kernels as host C++, CTA by CTA, threads as fibers";
+  m.doc() = "illada-rt CUDA emulator: the CUDA kernels as host C++, CTA by CTA, threads as fibers, with checkers";
   py::register_exception<illada::Error>(m, "KernelArgumentError", PyExc_ValueError);
   py::register_exception<illada::TypeError>(m, "KernelTypeError", PyExc_TypeError);
   py::register_exception<cuda_emu::KernelError>(m, "EmulatedKernelError", PyExc_RuntimeError);
+  illada::bind::register_cuda_attention(m);
+  illada::bind::register_cuda_sampling(m);
+  illada::bind::register_cuda_probe(m);
   m.attr("POISON_BYTE") = static_cast<int>(cuda_emu::kPoisonByte);
+#ifdef ILLADA_CUDA_EMU_INSTRUMENTED
+  m.attr("INSTRUMENTED") = true;
+#else
+  m.attr("INSTRUMENTED") = false;
+#endif
+  m.def("launch_counts", &cuda_emu::launch_counts, "Emulated launches per kernel name since the module was loaded.");
+  m.def("set_checks", &cuda_emu::set_checks, py::arg("on"),
+        "Turn the checkers (races, uninitialized and pending shared reads, bounds) on or off for later launches.");
+  m.def("checks_enabled", &cuda_emu::checks_enabled);
+
   m.def(
       "block_sum",
       [](py::handle x, py::handle out, unsigned grid, unsigned block) {
@@ -44,8 +69,7 @@ PYBIND11_MODULE(_C_cuda_emu, m) {
         auto xv = vector_arg(x, "x", DType::f32, 0);
         auto ov = vector_arg(out, "out", DType::f32, 1);
         ILLADA_CHECK(xv.numel() < (int64_t{1} << 31), "x: too many elements");
-        py::gil_scoped_release nogil;
-        t::block_sum(xv.ptr<float>(), static_cast<int>(xv.numel()), ov.ptr<float>(), grid, block);
+        run({&xv, &ov}, [&] { t::block_sum(xv.ptr<float>(), static_cast<int>(xv.numel()), ov.ptr<float>(), grid, block); });
       },
       py::arg("x"), py::arg("out"), py::arg("grid"), py::arg("block"),
       "out[0] += x.sum(): shared-memory block reduction, __syncthreads, __shfl_xor_sync, atomicAdd (block >= 32)");
@@ -56,8 +80,7 @@ PYBIND11_MODULE(_C_cuda_emu, m) {
         auto xv = vector_arg(x, "x", DType::f32, 0);
         auto ov = vector_arg(out, "out", DType::i32, xv.numel());
         ILLADA_CHECK(xv.numel() < (int64_t{1} << 31), "x: too many elements");
-        py::gil_scoped_release nogil;
-        t::warp_ballot(xv.ptr<float>(), static_cast<int>(xv.numel()), ov.ptr<int32_t>(), grid, block);
+        run({&xv, &ov}, [&] { t::warp_ballot(xv.ptr<float>(), static_cast<int>(xv.numel()), ov.ptr<int32_t>(), grid, block); });
       },
       py::arg("x"), py::arg("out"), py::arg("grid"), py::arg("block"),
       "out[i] = __ballot_sync over the existing lanes of i's warp of x > 0, broadcast from lane 0 by __shfl_sync");
@@ -67,12 +90,63 @@ PYBIND11_MODULE(_C_cuda_emu, m) {
         check_launch(grid, block, 1);
         auto sv = vector_arg(out_static, "out_static", DType::i32, int64_t{grid} * block);
         auto dv = vector_arg(out_dynamic, "out_dynamic", DType::i32, int64_t{grid} * block);
-        py::gil_scoped_release nogil;
-        t::shared_before_write(sv.ptr<int32_t>(), dv.ptr<int32_t>(), grid, block);
+        run({&sv, &dv}, [&] { t::shared_before_write(sv.ptr<int32_t>(), dv.ptr<int32_t>(), grid, block); });
       },
       py::arg("out_static"), py::arg("out_dynamic"), py::arg("grid"), py::arg("block"),
       "each thread stores what it reads from static and dynamic shared memory before any write");
-  m.def("divergent_barrier", &t::divergent_barrier, py::arg("block"), "broken: __syncthreads under threadIdx.x < 16");
-  m.def("split_barrier", &t::split_barrier, py::arg("block"), "broken: two __syncthreads call sites");
-  m.def("divergent_shuffle", &t::divergent_shuffle, "broken: lanes 0-15 and 16-31 shuffle at different call sites");
+  m.def("divergent_barrier", [](unsigned block) { run({}, [&] { t::divergent_barrier(block); }); }, py::arg("block"),
+        "broken: __syncthreads under threadIdx.x < 16");
+  m.def("split_barrier", [](unsigned block) { run({}, [&] { t::split_barrier(block); }); }, py::arg("block"),
+        "broken: two __syncthreads call sites");
+  m.def("divergent_shuffle", [] { run({}, [] { t::divergent_shuffle(); }); },
+        "broken: lanes 0-15 and 16-31 shuffle at different call sites");
+  m.def(
+      "neighbour_exchange",
+      [](py::handle out, unsigned block, bool barrier, bool warp_sync) {
+        check_launch(1, block, 1);
+        auto ov = vector_arg(out, "out", DType::i32, block);
+        run({&ov}, [&] { t::neighbour_exchange(ov.ptr<int32_t>(), block, barrier, warp_sync); });
+      },
+      py::arg("out"), py::arg("block"), py::arg("barrier"), py::arg("warp_sync"),
+      "s[t] = t, then out[t] = s[t - 1]: a race unless `barrier` (or `warp_sync` within one warp)");
+  m.def(
+      "read_then_overwrite",
+      [](py::handle out, unsigned block, bool barrier) {
+        check_launch(1, block, 2);
+        auto ov = vector_arg(out, "out", DType::i32, block);
+        run({&ov}, [&] { t::read_then_overwrite(ov.ptr<int32_t>(), block, barrier); });
+      },
+      py::arg("out"), py::arg("block"), py::arg("barrier"),
+      "out[t] = s[t + 1], then s[t] = 0: a write-after-read race unless `barrier`");
+  m.def(
+      "copy_block",
+      [](py::handle x, py::handle out, unsigned block) {
+        check_launch(1, block, 1);
+        auto xv = vector_arg(x, "x", DType::f32, 0);
+        auto ov = vector_arg(out, "out", DType::f32, 0);  // unchecked sizes: the kernel's bounds are the test
+        run({&xv, &ov}, [&] { t::copy_block(xv.ptr<float>(), ov.ptr<float>(), block); });
+      },
+      py::arg("x"), py::arg("out"), py::arg("block"), "out[t] = x[t] for t < block (out of bounds when x or out is shorter)");
+  m.def(
+      "shared_index",
+      [](py::handle out, unsigned block, unsigned elems, int offset) {
+        check_launch(1, block, 1);
+        auto ov = vector_arg(out, "out", DType::i32, block);
+        ILLADA_CHECK(elems <= 8192, "elems: at most 8192");
+        run({&ov}, [&] { t::shared_index(ov.ptr<int32_t>(), block, elems, offset); });
+      },
+      py::arg("out"), py::arg("block"), py::arg("elems"), py::arg("offset"),
+      "d[t + offset] = t in `elems` ints of dynamic shared memory, read back into out[t]");
+  m.def(
+      "cp_async_exchange",
+      [](py::handle x, py::handle out, unsigned block, bool wait) {
+        check_launch(1, block, 1);
+        auto xv = vector_arg(x, "x", DType::f32, 4 * int64_t{block});
+        auto ov = vector_arg(out, "out", DType::f32, 4 * int64_t{block});
+        illada::bind::TensorView* views[] = {&xv, &ov};
+        for (auto* v : views) v->expect_aligned(16);
+        run({&xv, &ov}, [&] { t::cp_async_exchange(xv.ptr<float>(), ov.ptr<float>(), block, wait); });
+      },
+      py::arg("x"), py::arg("out"), py::arg("block"), py::arg("wait"),
+      "cp.async 16 bytes per thread into shared memory, commit, wait (or not), barrier, read the neighbour's chunk");
 }

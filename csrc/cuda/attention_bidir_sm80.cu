@@ -12,6 +12,7 @@
 #include <string>
 
 #include "attention_bidir.cuh"
+#include "launch.cuh"
 #include "mma_sm80.cuh"
 
 namespace illada::cuda {
@@ -53,7 +54,7 @@ __device__ __forceinline__ void load_tile(uint16_t* smem, const uint16_t* gmem, 
 
 template <int D, bool Bf16>
 __global__ void __launch_bounds__(kThreads) attention_bidir_sm80_kernel(const AttentionParams p) {
-  extern __shared__ __align__(16) uint16_t smem[];
+  ILLADA_DYNAMIC_SHARED(uint16_t, smem);
   uint16_t* sQ = smem;
   uint16_t* sK = sQ + Tile<D>::kQ;       // two buffers of kKV
   uint16_t* sV = sK + 2 * Tile<D>::kKV;  // two buffers of kKV
@@ -201,7 +202,7 @@ cudaError_t launch(const AttentionParams& p, cudaStream_t stream) {
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (err != cudaSuccess) return err;
   const dim3 grid((p.tq + kBlockM - 1) / kBlockM, p.heads_q, p.batch);
-  kernel<<<grid, kThreads, smem, stream>>>(p);
+  ILLADA_LAUNCH("attention", kernel, grid, kThreads, smem, stream)(p);
   return cudaGetLastError();
 }
 

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "../common/philox.h"
+#include "launch.cuh"
 #include "sampling.cuh"
 
 namespace illada::cuda {
@@ -165,7 +166,7 @@ __global__ void __launch_bounds__(kSampleThreads) sample_tokens_kernel(const Sam
 #pragma unroll
       for (int i = 0; i < 8; ++i) {
         const uint32_t w = i < 4 ? r0.v[i] : r1.v[i - 4];
-        st.add(vals[i], vals[i] + temp * gumbel(w), v0 + i, want_entropy);
+        st.add(vals[i], __fadd_rn(vals[i], __fmul_rn(temp, gumbel(w))), v0 + i, want_entropy);
       }
     } else {
 #pragma unroll
@@ -175,7 +176,8 @@ __global__ void __launch_bounds__(kSampleThreads) sample_tokens_kernel(const Sam
   for (int v = n_groups * 8 + threadIdx.x; v < vocab; v += kSampleThreads) {  // the tail (or all, unaligned)
     const float val = to_float(x[v]);
     float score = val;
-    if constexpr (WithNoise) score = val + temp * gumbel(noise.draw4(static_cast<uint32_t>(v / 4)).v[v % 4]);
+    if constexpr (WithNoise)
+      score = __fadd_rn(val, __fmul_rn(temp, gumbel(noise.draw4(static_cast<uint32_t>(v / 4)).v[v % 4])));
     st.add(val, score, v, want_entropy);
   }
 
@@ -201,16 +203,21 @@ __global__ void __launch_bounds__(kSampleThreads) sample_tokens_kernel(const Sam
   if (p.entropy) p.entropy[row] = static_cast<float>(log_acc(st.s) - st.t * inv_s);
 }
 
+template <typename In, typename Acc, bool WithNoise>
+void launch_sample_kernel(const SampleParams& p, cudaStream_t stream) {
+  auto* kernel = sample_tokens_kernel<In, Acc, WithNoise>;
+  ILLADA_LAUNCH("sample_tokens", kernel, dim3(static_cast<unsigned>(p.rows)), kSampleThreads, 0, stream)(p);
+}
+
 template <typename In>
 cudaError_t launch_sample(const SampleParams& p, cudaStream_t stream) {
-  const dim3 grid(static_cast<unsigned>(p.rows));
   const bool noise = p.temperature > 0.f;
   if (p.confidence_f64) {
-    if (noise) sample_tokens_kernel<In, double, true><<<grid, kSampleThreads, 0, stream>>>(p);
-    else sample_tokens_kernel<In, double, false><<<grid, kSampleThreads, 0, stream>>>(p);
+    if (noise) launch_sample_kernel<In, double, true>(p, stream);
+    else launch_sample_kernel<In, double, false>(p, stream);
   } else {
-    if (noise) sample_tokens_kernel<In, float, true><<<grid, kSampleThreads, 0, stream>>>(p);
-    else sample_tokens_kernel<In, float, false><<<grid, kSampleThreads, 0, stream>>>(p);
+    if (noise) launch_sample_kernel<In, float, true>(p, stream);
+    else launch_sample_kernel<In, float, false>(p, stream);
   }
   return cudaGetLastError();
 }
@@ -226,7 +233,7 @@ __device__ __forceinline__ bool outranks(double cj, int j, double ci, int i) {
 }
 
 __global__ void __launch_bounds__(kSelectThreads) select_transfer_kernel(const SelectParams p) {
-  extern __shared__ __align__(16) unsigned char select_smem[];
+  ILLADA_DYNAMIC_SHARED(unsigned char, select_smem);
   const int n = static_cast<int>(p.block);
   double* conf = reinterpret_cast<double*>(select_smem);
   unsigned char* cand = select_smem + sizeof(double) * n;
@@ -243,7 +250,7 @@ __global__ void __launch_bounds__(kSelectThreads) select_transfer_kernel(const S
     conf[i] = c;
     cand[i] = is_cand;
     n_cand += is_cand;
-    n_above += is_cand && c >= p.threshold;
+    n_above += is_cand && (c != c || c >= p.threshold);  // a NaN ranks first, so it counts as above
   }
   atomicAdd(&counts[0], n_cand);
   if (p.use_threshold) atomicAdd(&counts[1], n_above);
@@ -291,7 +298,8 @@ std::string select_transfer(const SelectParams& p, void* stream_ptr) {
   if (p.batch > INT_MAX) return "select_transfer: batch too large";
   const size_t smem = static_cast<size_t>(p.block) * (sizeof(double) + 1);
   auto stream = static_cast<cudaStream_t>(stream_ptr);
-  select_transfer_kernel<<<static_cast<unsigned>(p.batch), kSelectThreads, smem, stream>>>(p);
+  ILLADA_LAUNCH("select_transfer", select_transfer_kernel, dim3(static_cast<unsigned>(p.batch)), kSelectThreads, smem,
+                stream)(p);
   const cudaError_t err = cudaGetLastError();
   return err == cudaSuccess ? std::string() : std::string("select_transfer: ") + cudaGetErrorString(err);
 }

@@ -28,7 +28,10 @@ struct SampleParams {
                             //   depend on its batch mates
 };
 
-// Ties in the argmax go to the lower vocabulary index. Returns "" or a CUDA error text.
+// Ties in the argmax go to the lower vocabulary index, and a NaN logit (or score) is never chosen (token 0 when every
+// one is NaN). A row whose softmax is undefined (a NaN or +inf logit, or every logit -inf) gets NaN confidence,
+// margin and entropy, as torch.softmax gives them; the CPU kernels and ops/reference.py follow the same rule.
+// Returns "" or a CUDA error text.
 std::string sample_tokens(const SampleParams& p, void* stream);
 
 struct SelectParams {

@@ -1,4 +1,5 @@
-// Small kernels that exercise the emulator (and, deliberately broken, its checks). Launchers over raw pointers.
+// Small kernels that exercise the emulator and, deliberately broken, each of its checks. Launchers over raw
+// pointers; the binding declares the tensor arguments (GlobalArgs) before calling them.
 #pragma once
 #include <cstdint>
 
@@ -18,5 +19,18 @@ void divergent_shuffle();
 // Reads static and dynamic shared memory before any write (then writes it): out_static[b * block + t] and
 // out_dynamic[...] hold what thread t of CTA b read.
 void shared_before_write(int32_t* out_static, int32_t* out_dynamic, unsigned grid, unsigned block);
+// Thread t writes s[t] = t, then (t > 0) reads its neighbour's s[t - 1] into out[t]; `barrier` puts a
+// __syncthreads between (correct), `warp_sync` a __syncwarp (correct within one warp); neither is a race.
+void neighbour_exchange(int32_t* out, unsigned block, bool barrier, bool warp_sync);
+// s[t] = t, barrier, out[t] = s[(t + 1) % block], then s[t] = 0: without a second barrier, thread t overwrites
+// what thread t - 1 read in the same interval (a write-after-read race) unless `barrier`.
+void read_then_overwrite(int32_t* out, unsigned block, bool barrier);
+// out[t] = x[t] for t < block: reads past x's end when x has fewer than `block` elements.
+void copy_block(const float* x, float* out, unsigned block);
+// Dynamic shared memory of `elems` ints; thread t writes index t + offset and reads it back into out[t].
+void shared_index(int32_t* out, unsigned block, unsigned elems, int offset);
+// Each thread cp.async-copies 16 bytes of x into shared memory, commits, then (if `wait`) waits; after a barrier
+// thread t reads its neighbour's chunk into out.
+void cp_async_exchange(const float* x, float* out, unsigned block, bool wait);
 
 }  // namespace cuda_emu::tests

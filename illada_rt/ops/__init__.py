@@ -37,9 +37,9 @@ def use_cpu_kernel(*tensors: torch.Tensor) -> bool:
 
 
 def use_cuda_kernel(name: str, *tensors: torch.Tensor) -> bool:
-    """Whether CUDA kernel `name` runs for these tensors (all on one CUDA device; rule in ops/cuda.py)."""
-    dev = tensors[0].device
-    return dev.type == "cuda" and all(t.device == dev for t in tensors) and _cuda.kernel_enabled(name, dev)
+    """Whether CUDA kernel `name` runs for these tensors: on one CUDA device where it is enabled, or on the CPU
+    through the CUDA emulator inside ops.cuda.emulated() (rule in ops/cuda.py)."""
+    return _cuda.runs_kernel(name, *tensors)
 
 
 # The model-side ops run through torch (oneDNN/MKL on CPU, cuBLAS/cuDNN on GPU) until the fused kernels
@@ -98,7 +98,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     mode = os.environ.get("ILLADA_RT_ATTENTION", "auto").strip().lower() or "auto"
     if mode not in ("auto", "kernel", "torch"):
         raise ValueError(f"ILLADA_RT_ATTENTION must be auto, kernel or torch, got {mode!r}")
-    if (q.is_cuda and mode != "torch" and _cuda.attention_eligible(q, k, v)
+    if (mode != "torch" and _cuda.attention_eligible(q, k, v)
             and (key_mask is None or tuple(key_mask.shape) == (q.shape[0], k.shape[2]))
             and use_cuda_kernel("attention", q, k, v, *(() if key_mask is None else (key_mask,)))):
         return _cuda.attention(q, k, v, key_mask)
@@ -126,7 +126,7 @@ def select_confident(confidence: torch.Tensor, x0: torch.Tensor, k: torch.Tensor
     """
     if (k is None) == (threshold is None):
         raise ValueError("select_confident: pass exactly one of k and threshold")
-    if (tokens.is_cuda and _cuda.select_eligible(confidence, tokens) and x0.dtype == torch.int64
+    if (_cuda.select_eligible(confidence, tokens) and x0.dtype == torch.int64
             and use_cuda_kernel("select_transfer", confidence, x0, tokens)):
         _cuda.select_transfer(confidence, x0, tokens, mask_id, k=k, threshold=threshold, transferred=transferred)
     elif use_cpu_kernel(confidence, x0, tokens, *(() if k is None else (k,))):
@@ -160,7 +160,7 @@ def sample_tokens(logits: torch.Tensor, conf_dtype: torch.dtype = torch.float32,
     if conf_dtype not in (torch.float32, torch.float64):
         raise ValueError(f"conf_dtype: float32 or float64, got {conf_dtype}")
     seed, offset = int(seed) & (2**64 - 1), int(offset) & (2**64 - 1)
-    if (logits.is_cuda and logits.dtype in (torch.float32, torch.bfloat16, torch.float16)
+    if (logits.dtype in (torch.float32, torch.bfloat16, torch.float16)
             and use_cuda_kernel("sample_tokens", logits)):
         return _cuda.sample_tokens(logits, conf_dtype, temperature, seed, offset, row_ids)[:2]
     kernel_isas = ("avx2", "avx512", "amx") if temperature == 0 else ("generic", "avx2", "avx512", "amx")

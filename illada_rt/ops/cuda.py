@@ -11,10 +11,20 @@ GPU through torch. `ILLADA_RT_CUDA_KERNELS` overrides the rule:
 
 `ILLADA_RT_KERNELS=reference` turns every kernel off, CUDA ones included. A kernel that is asked for by name or by
 `all` on a GPU it was not compiled for raises "not compiled for sm_XX"; under `verified` it quietly falls back.
+
+Without a GPU, `emulated()` runs the same CUDA kernels on CPU tensors through the CUDA emulator (`_C_cuda_emu`, built
+from the same .cu sources as host C++, with race, initialization, cp.async and bounds checks):
+
+    with illada_rt.ops.cuda.emulated() as emu:
+        model.generate(...)            # a CPU model: every attention, sampling and selection call runs a CUDA kernel
+    emu.launches                       # {"attention": 96, "sample_tokens": 24, "select_transfer": 24}
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
+from typing import Iterator
 
 import torch
 
@@ -31,6 +41,60 @@ except ImportError as _e:  # no CUDA compiler at build time
     _IMPORT_ERROR: str | None = str(_e)
 else:
     _IMPORT_ERROR = None
+
+try:
+    from .. import _C_cuda_emu  # type: ignore[attr-defined]
+except ImportError:  # an old build without the emulator
+    _C_cuda_emu = None
+
+_EMULATED: contextvars.ContextVar[bool] = contextvars.ContextVar("illada_rt_cuda_emulated", default=False)
+
+
+class Emulation:
+    """What `emulated()` yields. `launches`: kernel name -> emulated launches since the context was entered."""
+
+    def __init__(self) -> None:
+        self._start = _C_cuda_emu.launch_counts()
+
+    @property
+    def launches(self) -> dict[str, int]:
+        now = _C_cuda_emu.launch_counts()
+        return {k: n - self._start.get(k, 0) for k, n in sorted(now.items()) if n > self._start.get(k, 0)}
+
+
+@contextlib.contextmanager
+def emulated() -> Iterator[Emulation]:
+    """Inside this context every op with a CUDA kernel (attention, sample_tokens, select_transfer) runs that kernel
+    through the CUDA emulator when its tensors are on the CPU, with the binding's argument checks and the emulator's
+    checkers on (a fault raises _C_cuda_emu.EmulatedKernelError). Shapes a kernel does not take go where they go on a
+    GPU: to the PyTorch reference. Nothing changes outside the context."""
+    if _C_cuda_emu is None:
+        raise RuntimeError("the CUDA emulator (_C_cuda_emu) is not built; reinstall illada-rt")
+    token = _EMULATED.set(True)
+    try:
+        yield Emulation()
+    finally:
+        _EMULATED.reset(token)
+
+
+def emulating() -> bool:
+    """Whether the calling context is inside `emulated()`."""
+    return _EMULATED.get()
+
+
+def runs_kernel(name: str, *tensors: torch.Tensor) -> bool:
+    """Whether CUDA kernel `name` runs for these tensors: all on one CUDA device where the kernel is enabled, or all
+    on the CPU inside `emulated()`."""
+    dev = tensors[0].device
+    if not all(t.device == dev for t in tensors):
+        return False
+    if dev.type == "cpu":
+        return emulating()
+    return dev.type == "cuda" and kernel_enabled(name, dev)
+
+
+def _module(device: torch.device):
+    return _C_cuda_emu if device.type == "cpu" else _C_cuda
 
 
 def requested() -> tuple[frozenset[str], bool]:
@@ -115,15 +179,21 @@ def status() -> dict:
 
 class _OnDevice:
     """Make `device` current for the call (kernels launch on the current device); yields (its current stream as an
-    int, its index)."""
+    int, its index). For the CPU (the emulator) there is neither: (0, 0)."""
 
     def __init__(self, device: torch.device):
+        self._cpu = device.type == "cpu"
+        if self._cpu:
+            self.index, self._ctx = 0, None
+            return
         self.index = device.index if device.index is not None else torch.cuda.current_device()
         self._ctx = torch.cuda.device(self.index) if torch.cuda.current_device() != self.index else None
 
     def __enter__(self):
         if self._ctx is not None:
             self._ctx.__enter__()
+        if self._cpu:
+            return 0, 0
         return torch.cuda.current_stream(self.index).cuda_stream, self.index
 
     def __exit__(self, *exc):
@@ -154,7 +224,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch
     out = torch.empty(B, T, H, D, dtype=q.dtype, device=q.device).transpose(1, 2)
     km = None if key_mask is None else key_mask.to(torch.bool).contiguous()
     with _OnDevice(q.device) as (stream, index):
-        _C_cuda.attention(q, k, v, out, km, D ** -0.5, stream, index)
+        _module(q.device).attention(q, k, v, out, km, D ** -0.5, stream, index)
     return out
 
 
@@ -172,7 +242,7 @@ def sample_tokens(logits: torch.Tensor, conf_dtype: torch.dtype = torch.float32,
     en = torch.empty(n, dtype=torch.float32, device=dev) if entropy else None
     rid = None if row_ids is None else row_ids.reshape(-1).to(device=dev, dtype=torch.int64).contiguous()
     with _OnDevice(dev) as (stream, index):
-        _C_cuda.sample_tokens(rows, token, conf, mg, en, float(temperature), int(seed) & (2**64 - 1),
+        _module(dev).sample_tokens(rows, token, conf, mg, en, float(temperature), int(seed) & (2**64 - 1),
                               int(offset) & (2**64 - 1), rid, stream, index)
     shape = logits.shape[:-1]
     outs = [token.reshape(shape), conf.reshape(shape)]
@@ -187,10 +257,11 @@ def select_transfer(confidence: torch.Tensor, x0: torch.Tensor, tokens: torch.Te
     """The CUDA selection kernel (in place on `tokens`); see _C_cuda.select_transfer."""
     kk = None if k is None else k.to(device=tokens.device, dtype=torch.int64).contiguous()
     with _OnDevice(tokens.device) as (stream, index):
-        _C_cuda.select_transfer(confidence, x0, tokens, int(mask_id), kk, threshold, transferred, transfer_mask,
+        _module(tokens.device).select_transfer(confidence, x0, tokens, int(mask_id), kk, threshold, transferred, transfer_mask,
                                 stream, index)
 
 
 def select_eligible(confidence: torch.Tensor, tokens: torch.Tensor) -> bool:
+    mod = _module(tokens.device)
     return (tokens.dim() == 2 and tokens.dtype == torch.int64 and confidence.dtype in (torch.float32, torch.float64)
-            and _C_cuda is not None and tokens.shape[1] <= _C_cuda.select_max_block())
+            and mod is not None and tokens.shape[1] <= mod.select_max_block())
