@@ -153,6 +153,8 @@ def cmd_info(args) -> int:
         "tokenizer": tok.backend if tok else None, "chat_template": bool(tok and tok.chat_template),
         "kernels": caps["kernels"], "cpu": caps["cpu"], "cuda_archs": caps["cuda_archs"],
         "cuda_devices": caps["cuda_devices"],
+        # the CUDA kernels' first-use self-check on this GPU: per kernel passed or not, and each check's detail
+        "cuda_self_check": caps["cuda_kernels"].get("self_check"),
     }
     if args.json:
         print(json.dumps(info, indent=2))

@@ -1,5 +1,9 @@
 """The optional CUDA module: built wherever nvcc exists (so CUDA sources cannot rot), skipped cleanly elsewhere."""
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -56,3 +60,18 @@ def test_generate_on_cuda_uses_reference_ops(checkpoints):
     a = cpu.generate(prompt, gen_length=8, steps=8, block_length=4).tokens
     b = gpu.generate(prompt, gen_length=8, steps=8, block_length=4).tokens.cpu()
     assert torch.equal(a, b)
+
+
+@pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="a GPU machine: the preflight would pass")
+def test_gpu_check_preflight_names_what_is_missing_before_building(tmp_path):
+    """bench/gpu_check.sh on a machine without a GPU stops in its preflight, naming each missing piece, before it
+    builds anything (exit status 2)."""
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, OUT=str(tmp_path), PYTHON=sys.executable)
+    proc = subprocess.run(["bash", str(root / "bench" / "gpu_check.sh")], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    log = (tmp_path / "log.txt").read_text()
+    assert "PREFLIGHT FAILED" in log and "- tool nvidia-smi" in log
+    assert "torch.cuda.is_available() is False" in log
+    assert not (tmp_path / "build.log").exists()

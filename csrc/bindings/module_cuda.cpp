@@ -35,6 +35,8 @@ PYBIND11_MODULE(_C_cuda, m) {
   m.def("compiled_archs", [] { return std::string(ILLADA_CUDA_ARCHS); },
         "Comma-separated CUDA architectures this module was compiled for (CMAKE_CUDA_ARCHITECTURES).");
   m.def("device_count", &illada::cuda::device_count, "Visible CUDA devices (0 without a driver or GPU).");
+  m.def("driver_version", &illada::cuda::driver_version,
+        "The CUDA driver's version as 1000*major + 10*minor (0 without a driver, -1 if unknown).");
   m.def("device_sm", &illada::cuda::device_sm, py::arg("device") = 0,
         "Compute capability of a device as major*10+minor, or -1.");
   m.def(

@@ -29,6 +29,15 @@ int device_sm(int device) {
   return prop.major * 10 + prop.minor;
 }
 
+int driver_version() {
+  int v = -1;
+  if (cudaDriverGetVersion(&v) != cudaSuccess) {
+    cudaGetLastError();
+    return -1;
+  }
+  return v;
+}
+
 int current_device() {
   int d = -1;
   if (cudaGetDevice(&d) != cudaSuccess) {

@@ -12,6 +12,9 @@ int device_count();
 // Compute capability of `device` as major*10 + minor, or -1 if it cannot be queried.
 int device_sm(int device);
 
+// The CUDA driver's version as 1000*major + 10*minor (0 without a driver, -1 if it cannot be queried).
+int driver_version();
+
 // The calling thread's current CUDA device, or -1 when none can be queried.
 int current_device();
 

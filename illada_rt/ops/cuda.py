@@ -1,13 +1,15 @@
 """The CUDA kernels (`_C_cuda`) and the rule that decides when they run.
 
-A kernel runs by default only once it has passed its GPU tests on a real GPU (`VERIFIED`, filled in from the
-results of `bench/gpu_check.sh`); until then CUDA tensors go through the PyTorch reference ops, which are correct on
-GPU through torch. `ILLADA_RT_CUDA_KERNELS` overrides the rule:
+By default a kernel runs on a GPU once it has passed its first-use self-check there: the first time a CUDA kernel
+is wanted on a GPU, a child process runs a short known-answer check of every kernel and of the fragment probes
+(ops/cuda_selfcheck.py); the verdict is cached per GPU, compute capability, driver and build (ops/cuda_verdict.py).
+A kernel that fails keeps the PyTorch reference path on that GPU, said once in one line; `illada-rt info` and
+`illada_rt.capabilities()` report the verdicts. `ILLADA_RT_CUDA_KERNELS` overrides the rule:
 
-- `verified` (default): the kernels in VERIFIED;
-- `all`: every compiled kernel (what the GPU tests and benches use);
+- `verified` (default): the kernels that passed the self-check on this GPU;
+- `all`: every compiled kernel, unchecked (what the GPU tests and benches use);
 - `none`: none;
-- a comma-separated list of kernel names (`attention,sample_tokens`).
+- a comma-separated list of kernel names (`attention,sample_tokens`), unchecked.
 
 `ILLADA_RT_KERNELS=reference` turns every kernel off, CUDA ones included. A kernel that is asked for by name or by
 `all` on a GPU it was not compiled for raises "not compiled for sm_XX"; under `verified` it quietly falls back.
@@ -29,10 +31,6 @@ from typing import Iterator
 import torch
 
 KERNELS = ("attention", "sample_tokens", "select_transfer")
-
-# Kernels that passed their GPU tests (pytest -m gpu) on a real GPU. None has yet: no GPU was available where
-# they were written (see the README's "CUDA kernels" section for what remains).
-VERIFIED: frozenset[str] = frozenset()
 
 try:
     from .. import _C_cuda  # type: ignore[attr-defined]
@@ -98,10 +96,11 @@ def _module(device: torch.device):
 
 
 def requested() -> tuple[frozenset[str], bool]:
-    """(kernels enabled by ILLADA_RT_CUDA_KERNELS, whether they were asked for explicitly)."""
+    """(kernels enabled by ILLADA_RT_CUDA_KERNELS, whether they were asked for explicitly); under `verified` every
+    kernel, subject to its self-check on the GPU at hand."""
     raw = os.environ.get("ILLADA_RT_CUDA_KERNELS", "verified").strip().lower() or "verified"
     if raw == "verified":
-        return VERIFIED, False
+        return frozenset(KERNELS), False
     if raw == "all":
         return frozenset(KERNELS), True
     if raw == "none":
@@ -157,23 +156,48 @@ def kernel_enabled(name: str, device: torch.device) -> bool:
                                f"{_C_cuda.compiled_archs()}); rebuild with "
                                f"SKBUILD_CMAKE_ARGS=-DCMAKE_CUDA_ARCHITECTURES={sm}")
         return False
-    return True
+    return explicit or passed_self_check(name, device)
+
+
+def passed_self_check(name: str, device: torch.device) -> bool:
+    """Whether kernel `name` passed its first-use self-check on CUDA `device` (run once, then cached)."""
+    from . import cuda_verdict
+
+    return cuda_verdict.verdict(device, _C_cuda, KERNELS)["kernels"].get(name, False)
 
 
 def status() -> dict:
-    """For illada_rt.capabilities(): per kernel, whether it is compiled, verified, and what runs on CUDA now."""
-    out = {"module": _C_cuda is not None, "import_error": _IMPORT_ERROR, "verified": sorted(VERIFIED)}
+    """For illada_rt.capabilities(): per kernel, what runs on CUDA now and why; the self-check's verdicts on the
+    first GPU when one is visible (running the check if it has not run there yet)."""
+    out = {"module": _C_cuda is not None, "import_error": _IMPORT_ERROR,
+           "emulator": _C_cuda_emu is not None}
     try:
-        enabled, _ = requested()
+        enabled, explicit = requested()
     except ValueError as e:
-        enabled, out["setting_error"] = frozenset(), str(e)
+        enabled, explicit, out["setting_error"] = frozenset(), True, str(e)
+    has_gpu = _C_cuda is not None and _C_cuda.device_count() > 0 and torch.cuda.is_available()
+    verdict = None
+    if has_gpu and not explicit and enabled:
+        from . import cuda_verdict
+
+        device = torch.device("cuda", 0)
+        if arch_covers(_C_cuda.compiled_archs(), _device_sm(device)):
+            verdict = cuda_verdict.verdict(device, _C_cuda, KERNELS)
+            out["self_check"] = {k: v for k, v in verdict.items() if k != "source"}
     for name in KERNELS:
         if _C_cuda is None:
             out[name] = "reference (_C_cuda not built)"
-        elif name in enabled:
-            out[name] = "_C_cuda" + ("" if name in VERIFIED else " (forced; not yet verified on a GPU)")
+        elif explicit:
+            out[name] = ("_C_cuda (forced by ILLADA_RT_CUDA_KERNELS, unchecked)" if name in enabled
+                         else "reference (ILLADA_RT_CUDA_KERNELS)")
+        elif not has_gpu:
+            out[name] = "reference; _C_cuda once it passes its self-check on a GPU (no GPU visible)"
+        elif verdict is None:
+            out[name] = "reference (_C_cuda not compiled for this GPU)"
+        elif verdict["kernels"].get(name):
+            out[name] = f"_C_cuda (passed its self-check on {verdict.get('gpu')})"
         else:
-            out[name] = "reference" + ("" if name in VERIFIED else " (compiled, not yet verified on a GPU)")
+            out[name] = f"reference (failed its self-check on {verdict.get('gpu')})"
     return out
 
 
