@@ -198,3 +198,54 @@ def test_gpu_fragments_equal_the_emulators_bit_for_bit():
         c = (torch.randint(-50, 50, (32, 4), generator=g, dtype=torch.int32) if kind == "s8"
              else torch.randint(-50, 50, (32, 4), generator=g).float())
         assert torch.equal(run_mma(GPU, kind, a, b, c, "cuda"), run_mma(emu, kind, a, b, c)), kind
+
+
+# ---- element conversions and cp.async zero-fill -----------------------------------------------------------------
+
+def _interesting_floats() -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    parts = [torch.randn(20000, generator=g) * torch.exp2(torch.randint(-30, 30, (20000,), generator=g).float()),
+             torch.tensor([0.0, -0.0, 1.0, 65504.0, 65519.0, 65520.0, 70000.0, 2.0**-14, 2.0**-24, 2.0**-25,
+                           3 * 2.0**-26, 2.0**-26, 3.4e38, -3.4e38, float("inf"), float("-inf"), 1e-40])]
+    # exact halfway cases for bf16 (low 16 bits 0x8000, even and odd kept parts) and for f16
+    bits = torch.tensor([0x3F808000, 0x3F818000, 0x3F80C000, 0x3F807FFF, 0x7F7F8000], dtype=torch.int32)
+    parts.append(bits.view(torch.float32))
+    parts.append(torch.tensor([1 + 2.0**-11, 1 + 3 * 2.0**-11, 2.0**-14 * (1 + 2.0**-11), 2.0**-24 * 1.5,
+                               2.0**-24 * 2.5]))
+    return torch.cat(parts).float()
+
+
+@pytest.mark.parametrize("kind,dtype", [("bf16", torch.bfloat16), ("f16", torch.float16)])
+def test_float_to_16bit_rounds_to_nearest_even_as_torch(kind, dtype):
+    x = _interesting_floats()
+    got = torch.zeros(x.numel(), dtype=torch.int32)
+    emu.to_16bit(x, got, kind)
+    want = x.to(dtype).view(torch.int16).to(torch.int32) & 0xFFFF
+    assert torch.equal(got, want)
+    nan = torch.tensor([float("nan"), -float("nan")])
+    out = torch.zeros(2, dtype=torch.int32)
+    emu.to_16bit(nan, out, kind)
+    assert out.tolist() == [0x7FFF, 0x7FFF]  # cuda_bf16.h / cuda_fp16.h's canonical NaN
+
+
+@pytest.mark.parametrize("kind,dtype,n", [("bf16", torch.bfloat16, 65536), ("f16", torch.float16, 65536),
+                                          ("e4m3", torch.float8_e4m3fn, 256)])
+def test_widening_every_bit_pattern_matches_torch(kind, dtype, n):
+    bits = torch.arange(n, dtype=torch.int32)
+    got = torch.zeros(n)
+    emu.from_16bit(bits, got, kind)
+    small = bits.to(torch.int16 if n > 256 else torch.uint8) if n > 256 else bits.to(torch.uint8)
+    want = small.view(dtype).float()
+    assert torch.equal(got.isnan(), want.isnan())
+    keep = ~want.isnan()
+    assert torch.equal(got[keep].view(torch.int32), want[keep].view(torch.int32))  # bit for bit, signed zeros too
+
+
+@pytest.mark.parametrize("src_bytes", [0, 4, 8, 12, 16])
+def test_cp_async_zero_fills_past_src_size(src_bytes):
+    x = torch.arange(1.0, 129.0)
+    out = torch.full((128,), -1.0)
+    emu.cp_async_zero_fill(x, out, src_bytes)
+    chunks = out.view(32, 4)
+    n = src_bytes // 4
+    assert torch.equal(chunks[:, :n], x.view(32, 4)[:, :n]) and (chunks[:, n:] == 0).all()

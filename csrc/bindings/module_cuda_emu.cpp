@@ -5,6 +5,7 @@
 #include <pybind11/stl.h>
 
 #include "../common/check.h"
+#include "../cuda_emu/ptx.h"
 #include "../cuda_emu/runtime.h"
 #include "../cuda_emu/test_kernels.h"
 #include "cuda_registry.h"
@@ -149,4 +150,41 @@ PYBIND11_MODULE(_C_cuda_emu, m) {
       },
       py::arg("x"), py::arg("out"), py::arg("block"), py::arg("wait"),
       "cp.async 16 bytes per thread into shared memory, commit, wait (or not), barrier, read the neighbour's chunk");
+  m.def(
+      "cp_async_zero_fill",
+      [](py::handle x, py::handle out, int src_bytes) {
+        auto xv = vector_arg(x, "x", DType::f32, 128);
+        auto ov = vector_arg(out, "out", DType::f32, 128);
+        xv.expect_aligned(16);
+        run({&xv, &ov}, [&] { t::cp_async_zero_fill(xv.ptr<float>(), ov.ptr<float>(), src_bytes); });
+      },
+      py::arg("x"), py::arg("out"), py::arg("src_bytes"),
+      "32 threads, 16 bytes each by cp.async.ca reading only src_bytes (the rest zero-filled); out = what landed");
+  m.def(
+      "to_16bit",
+      [](py::handle x, py::handle out, const std::string& kind) {
+        auto xv = vector_arg(x, "x", DType::f32, 0);
+        auto ov = vector_arg(out, "out", DType::i32, xv.numel());
+        ILLADA_CHECK(kind == "bf16" || kind == "f16", "kind: bf16 or f16, got '" << kind << "'");
+        const float* in = xv.ptr<float>();
+        int32_t* o = ov.ptr<int32_t>();
+        for (int64_t i = 0; i < xv.numel(); ++i)
+          o[i] = kind == "bf16" ? cuda_emu::ptx::float_to_bf16_rn(in[i]) : cuda_emu::ptx::float_to_f16_rn(in[i]);
+      },
+      py::arg("x"), py::arg("out"), py::arg("kind"),
+      "The bits of __float2bfloat16 / __float2half (round to nearest even) as the emulator computes them");
+  m.def(
+      "from_16bit",
+      [](py::handle bits, py::handle out, const std::string& kind) {
+        auto bv = vector_arg(bits, "bits", DType::i32, 0);
+        auto ov = vector_arg(out, "out", DType::f32, bv.numel());
+        ILLADA_CHECK(kind == "bf16" || kind == "f16" || kind == "e4m3", "kind: bf16, f16 or e4m3, got '" << kind << "'");
+        const int32_t* in = bv.ptr<int32_t>();
+        float* o = ov.ptr<float>();
+        for (int64_t i = 0; i < bv.numel(); ++i)
+          o[i] = kind == "bf16"  ? cuda_emu::ptx::bf16_to_float(static_cast<uint16_t>(in[i]))
+                 : kind == "f16" ? cuda_emu::ptx::f16_to_float(static_cast<uint16_t>(in[i]))
+                                 : cuda_emu::ptx::e4m3_to_float(static_cast<uint8_t>(in[i]));
+      },
+      py::arg("bits"), py::arg("out"), py::arg("kind"), "The emulator's widening of bf16, f16 or e4m3 bits to float");
 }

@@ -103,6 +103,16 @@ __global__ void cp_async_exchange_kernel(const float* x, float* out, bool wait) 
   for (int i = 0; i < 4; ++i) out[4 * t + i] = s[4 * src + i];
 }
 
+__global__ void cp_async_zero_fill_kernel(const float* x, float* out, int src_bytes) {
+  __shared__ __align__(16) float s[4 * 32];
+  const int t = threadIdx.x;
+  illada::cuda::sm80::cp_async_ca<16>(&s[4 * t], &x[4 * t], src_bytes);
+  illada::cuda::sm80::cp_async_commit();
+  illada::cuda::sm80::cp_async_wait<0>();
+  __syncthreads();
+  for (int i = 0; i < 4; ++i) out[4 * t + i] = s[4 * t + i];
+}
+
 }  // namespace
 
 void block_sum(const float* x, int n, float* out, unsigned grid, unsigned block) {
@@ -129,6 +139,9 @@ void copy_block(const float* x, float* out, unsigned block) {
 }
 void shared_index(int32_t* out, unsigned block, unsigned elems, int offset) {
   ILLADA_LAUNCH("shared_index", shared_index_kernel, 1, block, elems * sizeof(int32_t), 0)(out, offset);
+}
+void cp_async_zero_fill(const float* x, float* out, int src_bytes) {
+  ILLADA_LAUNCH("cp_async_zero_fill", cp_async_zero_fill_kernel, 1, 32, 0, 0)(x, out, src_bytes);
 }
 void cp_async_exchange(const float* x, float* out, unsigned block, bool wait) {
   ILLADA_LAUNCH("cp_async_exchange", cp_async_exchange_kernel, 1, block, 0, 0)(x, out, wait);

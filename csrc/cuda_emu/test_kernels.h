@@ -32,5 +32,7 @@ void shared_index(int32_t* out, unsigned block, unsigned elems, int offset);
 // Each thread cp.async-copies 16 bytes of x into shared memory, commits, then (if `wait`) waits; after a barrier
 // thread t reads its neighbour's chunk into out.
 void cp_async_exchange(const float* x, float* out, unsigned block, bool wait);
+// Each of 32 threads copies 16 bytes of x (cp.async.ca) with only `src_bytes` read: out gets those, then zeros.
+void cp_async_zero_fill(const float* x, float* out, int src_bytes);
 
 }  // namespace cuda_emu::tests
