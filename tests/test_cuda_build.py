@@ -75,3 +75,19 @@ def test_gpu_check_preflight_names_what_is_missing_before_building(tmp_path):
     assert "PREFLIGHT FAILED" in log and "- tool nvidia-smi" in log
     assert "torch.cuda.is_available() is False" in log
     assert not (tmp_path / "build.log").exists()
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
+def test_gumbel_noise_is_added_with_two_roundings_on_the_gpu(tmp_path):
+    """logits + T * g must round twice, as the CPU does, so both pick the same tokens: nvcc's default -fmad=true would
+    contract it into one FMA. In the PTX nvcc emits for sampling.cu, every noise instantiation of the sampling kernel
+    carries its noise sites as mul.rn.f32 + add.rn.f32 (contraction-proof); before the fix it had none."""
+    root = Path(__file__).resolve().parents[1]
+    ptx = tmp_path / "sampling.ptx"
+    subprocess.run(["nvcc", "-ptx", "-arch=sm_80", "-std=c++17", f"-I{root / 'csrc'}",
+                    str(root / "csrc" / "cuda" / "sampling.cu"), "-o", str(ptx)], check=True, timeout=300)
+    entries = ptx.read_text().split(".entry ")[1:]
+    noisy = [e for e in entries if "sample_tokens_kernel" in e.split("(")[0] and "Lb1E" in e.split("(")[0]]
+    assert len(noisy) == 6  # 3 logit dtypes x 2 confidence dtypes
+    for e in noisy:
+        assert e.count("mul.rn.f32") >= 9 and e.count("add.rn.f32") == e.count("mul.rn.f32"), e.split("(")[0]
