@@ -70,10 +70,14 @@ def capabilities() -> dict:
         "rope": {"cpu": "_C (avx512)" if status["_C"] and status["kernel_mode"] == "auto"
                  and status["cpu"]["isa"] in ("avx512", "amx") else "torch", "cuda": "torch"},
         "gemm_fp8w": {"cpu": "_C (avx512) for bf16 compute" if status["_C"] and status["kernel_mode"] == "auto"
-                      and status["cpu"]["isa"] in ("avx512", "amx") else "dequantized + torch", "cuda": "reference"},
+                      and status["cpu"]["isa"] in ("avx512", "amx") else "dequantized + torch",
+                      "cuda": "gemm_fp8 on sm_89+ (below), dequantized + torch otherwise"},
         # no AMX variant yet: an AMX CPU runs the AVX-512 VNNI kernel
         "gemm_w8a8": {"cpu": f"_C ({status['cpu']['isa'].replace('amx', 'avx512')})"
-                      if status["_C"] and status["kernel_mode"] == "auto" else "reference", "cuda": "reference"},
+                      if status["_C"] and status["kernel_mode"] == "auto" else "reference",
+                      "cuda": cuda["gemm_w8a8"].replace("reference", "dequantized + torch", 1)},
+        "gemm_fp8 (W8A8 e4m3, sm_89+)": {"cpu": "-", "cuda": cuda["gemm_fp8"].replace("reference", "dequantized + torch",
+                                                                                   1)},
     }
     return status
 

@@ -214,7 +214,20 @@ def is_ignored(name: str, patterns) -> bool:
 
 # ------------------------------------------------------------------------------------ the linear op
 def linear_kernel(scheme: str, granularity: str, device: torch.device, dtype: torch.dtype) -> str:
-    """How a quantized linear runs (QuantizedLinear, and `illada-rt info`): "w8a8", "fp8w" or "dequantized"."""
+    """How a quantized linear runs (QuantizedLinear, and `illada-rt info`): on CPU "w8a8", "fp8w" or "dequantized";
+    on CUDA "gemm_w8a8" or "gemm_fp8" (the quantized CUDA GEMMs, where they are enabled: ops/cuda.py) or
+    "dequantized"."""
+    if device.type == "cuda":
+        from .ops import cuda as cuda_ops
+
+        if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            return "dequantized"
+        if scheme == "int8" and granularity == "channel" and cuda_ops.kernel_enabled("gemm_w8a8", device):
+            return "gemm_w8a8"
+        if (scheme == "fp8" and granularity in ("channel", "tensor", "block128")
+                and cuda_ops._device_sm(device) >= 89 and cuda_ops.kernel_enabled("gemm_fp8", device)):
+            return "gemm_fp8"
+        return "dequantized"
     if device.type != "cpu":
         return "dequantized"
     if scheme == "int8" and granularity == "channel":
@@ -228,8 +241,9 @@ def linear_kernel(scheme: str, granularity: str, device: torch.device, dtype: to
 class QuantizedLinear:
     """A quantized weight as the model runs it. On CPU, int8 per-channel runs the fused W8A8 kernel (activations
     quantized per token, int32 GEMM) and fp8 per-channel/per-tensor with bf16 compute runs the FP8-weight kernel
-    (one byte per weight, widened in registers) where the CPU has AVX-512 BF16; every other case holds the
-    dequantized weight in the compute dtype."""
+    (one byte per weight, widened in registers) where the CPU has AVX-512 BF16. On CUDA, int8 per-channel runs the
+    W8A8 INT8 GEMM and fp8 (channel, tensor or block128 scales, sm_89+) the W8A8 FP8 GEMM, the weight kept at one
+    byte per element in GPU memory. Every other case holds the dequantized weight in the compute dtype."""
 
     def __init__(self, q: torch.Tensor, scale: torch.Tensor, granularity: str, device: torch.device,
                  dtype: torch.dtype, name: str):
@@ -242,6 +256,10 @@ class QuantizedLinear:
             self.packed = ops.pack_int8_weight(q, scale.reshape(-1))
         elif self.kernel == "fp8w":
             self.packed = ops.pack_fp8_weight(q, scale.reshape(-1).expand(N) if scale.numel() == 1 else scale)
+        elif self.kernel in ("gemm_w8a8", "gemm_fp8"):
+            from .ops import cuda_gemm
+
+            self.packed = cuda_gemm.pack_weight(q, scale, granularity, device)
         else:
             self.dense = dequantize_weight(q, scale, granularity, dtype).to(device)
 
@@ -250,6 +268,10 @@ class QuantizedLinear:
             return ops.linear_w8a8(x, self.packed, out_dtype=x.dtype)
         if self.kernel == "fp8w":
             return ops.linear_fp8w(x, self.packed, out_dtype=x.dtype)
+        if self.kernel in ("gemm_w8a8", "gemm_fp8"):
+            from .ops import cuda_gemm
+
+            return cuda_gemm.linear(x, self.packed, out_dtype=x.dtype)
         return F.linear(x, self.dense)
 
 

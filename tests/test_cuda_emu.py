@@ -186,3 +186,20 @@ def test_bad_launch_arguments_are_value_errors():
         emu.warp_ballot(torch.ones(4), torch.zeros(4, dtype=torch.int32), 0, 32)
     with pytest.raises(TypeError, match="x: expected dtype float32"):
         emu.block_sum(torch.ones(4, dtype=torch.float64), torch.zeros(1), 1, 32)
+
+
+def test_shared_memory_of_template_kernels_is_checked_when_declared_with_illada_shared():
+    out = torch.zeros(64, dtype=torch.int32)
+    with pytest.raises(emu.EmulatedKernelError, match=r"template_exchange.*shared-memory race at static shared "
+                                                      r"memory offset \d+: thread \(1,0,0\) reads"):
+        emu.template_exchange(out, 64, False, True)
+    emu.template_exchange(out, 64, True, True)
+    assert out.tolist() == [-1] + list(range(63))
+
+
+def test_plain_shared_in_a_template_kernel_is_reported_not_silently_unchecked():
+    """GCC drops the section attribute of static locals in function templates: such a `__shared__` would be a host
+    global, outside every checker. Its first write says so and names the fix."""
+    out = torch.zeros(64, dtype=torch.int32)
+    with pytest.raises(emu.EmulatedKernelError, match=r"write of a host global .*ILLADA_SHARED"):
+        emu.template_exchange(out, 64, True, False)

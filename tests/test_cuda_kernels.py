@@ -338,33 +338,22 @@ def _decode(model, prompts, kw, emulated):
     return model.generate(prompts, callback=cb, **kw), steps, None
 
 
-@pytest.mark.parametrize("policy", [dict(), dict(threshold=0.5), dict(cache="dual"), dict(cache="prefix"),
-                                    dict(temperature=0.7, seed=3)])
-def test_decode_on_the_emulator_agrees_with_the_cpu_path_but_at_bf16_near_ties(policy):
-    """The embedded model (bf16, head dim 64) decoding with every CUDA kernel on the emulator: token for token the
-    CPU path's decode, until a step whose choice was a near-tie in bf16 (two candidates' float32 logits within 3 bf16
-    ulps, or two positions' confidences within 3%); from there on the canvases may part."""
-    model = illada_rt.load()
-    model32 = illada_rt.load(dtype=torch.float32)
-    prompts = ["The cat sat on the", "Once upon a time"]  # exact and threshold decoding part at a near-tie at step 6
-    kw = dict(gen_length=32, steps=32, block_length=16, **policy)
-    cpu_out, cpu_steps, _ = _decode(model, prompts, kw, False)
-    emu_out, emu_steps, launches = _decode(model, prompts, kw, True)
-    assert {"attention", "sample_tokens", "select_transfer"} <= set(launches)
-    assert launches["attention"] >= 6 * len(emu_steps)  # every layer of every forward
+def _assert_agree_but_at_near_ties(model, model32, cpu_steps, emu_steps, cpu_out, emu_out):
+    """Token for token equal until a step whose choice was a near-tie in bf16 (two candidates' float32 logits within
+    3 bf16 ulps, or two positions' confidences within 3%); from there on the canvases may part."""
     first = next((i for i, (a, b) in enumerate(zip(cpu_steps, emu_steps)) if not torch.equal(a, b)), None)
     if first is None:
         assert torch.equal(cpu_out.tokens, emu_out.tokens)
-        return
+        return None
     before = cpu_steps[first - 1] if first else None
     assert before is not None, "the very first step differs: not a near-tie"
     attn = (before != model32.config.pad_token_id).long()
     logits = model32.forward(before, attn)
     probs = torch.softmax(logits, -1)
     a, b = cpu_steps[first], emu_steps[first]
+    mask_id = model32.config.mask_token_id
     for row, pos in (a != b).nonzero().tolist():
         ta, tb = int(a[row, pos]), int(b[row, pos])
-        mask_id = model32.config.mask_token_id
         if ta != mask_id and tb != mask_id:  # both filled it, with different tokens: a logit near-tie
             la, lb = logits[row, pos, ta], logits[row, pos, tb]
             assert (la - lb).abs() <= 3 * _bf16_ulp(torch.maximum(la.abs(), lb.abs())), (first, row, pos)
@@ -376,6 +365,58 @@ def test_decode_on_the_emulator_agrees_with_the_cpu_path_but_at_bf16_near_ties(p
             cand = [probs[row, q, int(a[row, q]) if a[row, q] != mask_id else int(b[row, q])]
                     for q in others.nonzero().flatten().tolist()]
             assert cand and min(abs(p_here - c) / max(p_here, c) for c in cand) <= 0.03, (first, row, pos)
+    return first
+
+
+@pytest.mark.parametrize("policy", [dict(), dict(threshold=0.5), dict(cache="dual"), dict(cache="prefix"),
+                                    dict(temperature=0.7, seed=3)])
+def test_decode_on_the_emulator_agrees_with_the_cpu_path_but_at_bf16_near_ties(policy):
+    """The embedded model (bf16, head dim 64) decoding with every CUDA kernel on the emulator: token for token the
+    CPU path's decode, until a step whose choice was a near-tie in bf16; from there on the canvases may part."""
+    model = illada_rt.load()
+    model32 = illada_rt.load(dtype=torch.float32)
+    prompts = ["The cat sat on the", "Once upon a time"]  # exact and threshold decoding part at a near-tie at step 6
+    kw = dict(gen_length=32, steps=32, block_length=16, **policy)
+    cpu_out, cpu_steps, _ = _decode(model, prompts, kw, False)
+    emu_out, emu_steps, launches = _decode(model, prompts, kw, True)
+    assert {"attention", "sample_tokens", "select_transfer"} <= set(launches)
+    assert launches["attention"] >= 6 * len(emu_steps)  # every layer of every forward
+    _assert_agree_but_at_near_ties(model, model32, cpu_steps, emu_steps, cpu_out, emu_out)
+
+
+def _w8a8_fp8_reference(x, w, out_dtype=None, isa=None):
+    """The W8A8 FP8 linear written out independently (what gemm_fp8 computes on sm_89+): activations to e4m3 per
+    token (scale max|x| / 448), float64 product with the dequantized weight."""
+    x2 = x.reshape(-1, w.K).float()
+    amax = x2.abs().amax(1)
+    s = torch.where(amax > 0, amax / 448, torch.ones_like(amax))
+    q = (x2 / s[:, None]).clamp(-448, 448).to(torch.float8_e4m3fn)
+    out = (q.double() @ (w.weight().double() * w.scale.double()[:, None]).T) * s.double()[:, None]
+    return out.to(out_dtype or x.dtype).reshape(*x.shape[:-1], w.N)
+
+
+@pytest.mark.parametrize("scheme", ["int8", "fp8"])
+def test_quantized_decode_on_the_emulator_runs_the_gemms_and_agrees(tmp_path, scheme, monkeypatch):
+    """An int8 (or fp8) copy of the embedded model decoding on the emulator runs every linear through gemm_w8a8
+    (gemm_fp8) and agrees with the CPU path but at bf16 near-ties: the int8 GEMM equals the CPU W8A8 kernel bit for
+    bit; for fp8 the CPU side runs the same W8A8 FP8 arithmetic written independently (the CPU kernel itself keeps
+    bf16 activations)."""
+    from illada_rt.api import DEFAULT_MODEL
+    from illada_rt.quantize import quantize_checkpoint
+
+    dst = tmp_path / scheme
+    quantize_checkpoint(DEFAULT_MODEL, dst, scheme=scheme, progress=False)
+    model, model32 = illada_rt.load(dst), illada_rt.load(dst, dtype=torch.float32)
+    prompts = ["The cat sat on the", "Once upon a time"]
+    kw = dict(gen_length=16, steps=16, block_length=16)  # 44 canvas rows: one 64-row tile per GEMM
+    if scheme == "fp8":
+        monkeypatch.setattr(ops, "linear_fp8w", _w8a8_fp8_reference)
+    cpu_out, cpu_steps, _ = _decode(model, prompts, kw, False)
+    monkeypatch.undo()
+    emu_out, emu_steps, launches = _decode(model, prompts, kw, True)
+    gemm = "gemm_w8a8" if scheme == "int8" else "gemm_fp8"
+    assert launches[gemm] >= 7 * 6 * len(emu_steps) and launches["quantize_rows"] == launches[gemm]
+    _assert_agree_but_at_near_ties(model, model32, cpu_steps, emu_steps, cpu_out, emu_out)
 
 
 # ---- GPU only ----------------------------------------------------------------------------------------------------

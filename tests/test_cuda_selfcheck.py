@@ -18,15 +18,27 @@ from illada_rt.ops import cuda_selfcheck, cuda_verdict
 def test_every_check_passes_on_the_emulator():
     out = cuda_selfcheck.run("cpu")
     assert all(r["ok"] for r in out["checks"].values()), out
-    assert out["kernels"] == {"attention": True, "sample_tokens": True, "select_transfer": True}
+    assert out["kernels"] == {k: True for k in cuda_ops.KERNELS}
 
 
 def test_a_wrong_kernel_fails_its_check_and_only_its_own(monkeypatch):
     real = cuda_ops.attention
     monkeypatch.setattr(cuda_ops, "attention", lambda q, k, v, m: real(q, k, v, m) * 1.01)
     out = cuda_selfcheck.run("cpu")
-    assert out["kernels"] == {"attention": False, "sample_tokens": True, "select_transfer": True}
+    assert out["kernels"] == {k: k != "attention" for k in cuda_ops.KERNELS}
     assert "max error" in out["checks"]["attention"]["detail"]
+
+
+def test_a_wrong_gemm_fails_its_check(monkeypatch):
+    from illada_rt.ops import cuda_gemm
+
+    real = cuda_gemm.linear
+    monkeypatch.setattr(cuda_gemm, "linear", lambda x, w, dt=None, splits=None: real(x, w, dt, splits if splits != 3
+                                                                                     else 2))
+    assert cuda_selfcheck.run("cpu")["kernels"]["gemm_w8a8"] is True  # another split count is still exact
+    monkeypatch.setattr(cuda_gemm, "linear", lambda x, w, dt=None, splits=None: real(x, w, dt, splits) * 1.001)
+    out = cuda_selfcheck.run("cpu")["kernels"]
+    assert out["gemm_w8a8"] is False and out["gemm_fp8"] is False and out["attention"] is True
 
 
 def test_a_wrong_fragment_layout_fails_the_tensor_core_kernels(monkeypatch):
@@ -47,6 +59,7 @@ def test_a_wrong_fragment_layout_fails_the_tensor_core_kernels(monkeypatch):
     out = cuda_selfcheck.run("cpu")
     assert not out["checks"]["fragments"]["ok"] and "ldmatrix x1" in out["checks"]["fragments"]["detail"]
     assert out["kernels"]["attention"] is False and out["kernels"]["sample_tokens"] is True
+    assert out["kernels"]["gemm_w8a8"] is False  # the GEMMs read their fragments through ldmatrix too
 
 
 def test_command_line(capsys):
@@ -68,7 +81,8 @@ def fake_gpu(monkeypatch, tmp_path):
 
     def child(index):
         runs.append(index)
-        return {"kernels": {"attention": False, "sample_tokens": True, "select_transfer": True},
+        return {"kernels": {"attention": False, "sample_tokens": True, "select_transfer": True, "gemm_w8a8": True,
+                            "gemm_fp8": True},
                 "checks": {"attention": {"ok": False, "detail": "AssertionError: D=64: max error 0.5"}}}
 
     monkeypatch.setattr(cuda_verdict, "identity", lambda device, module: dict(ident))
@@ -81,7 +95,7 @@ def fake_gpu(monkeypatch, tmp_path):
 def test_verdict_runs_once_then_comes_from_memory_and_the_cache(fake_gpu, capsys):
     dev = torch.device("cuda", 0)
     v = cuda_verdict.verdict(dev, None, cuda_ops.KERNELS)
-    assert v["kernels"] == {"attention": False, "sample_tokens": True, "select_transfer": True}
+    assert v["kernels"] == {k: k != "attention" for k in cuda_ops.KERNELS}
     assert v["source"] == "run" and fake_gpu.runs == [0]
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "checking the CUDA kernels on NVIDIA H200 (sm_90) once" in err[0]

@@ -15,6 +15,7 @@ namespace illada::bind {
 void register_cuda_attention(pybind11::module_& m);
 void register_cuda_sampling(pybind11::module_& m);
 void register_cuda_probe(pybind11::module_& m);
+void register_cuda_gemm(pybind11::module_& m);
 
 // Raises unless `device` is the calling thread's current CUDA device (kernels launch on the current device).
 void check_current_device(int device);

@@ -31,6 +31,7 @@ PYBIND11_MODULE(_C_cuda, m) {
   illada::bind::register_cuda_attention(m);
   illada::bind::register_cuda_sampling(m);
   illada::bind::register_cuda_probe(m);
+  illada::bind::register_cuda_gemm(m);
   m.def("current_device", &illada::cuda::current_device, "The calling thread's current CUDA device, or -1.");
   m.def("compiled_archs", [] { return std::string(ILLADA_CUDA_ARCHS); },
         "Comma-separated CUDA architectures this module was compiled for (CMAKE_CUDA_ARCHITECTURES).");

@@ -52,6 +52,7 @@ PYBIND11_MODULE(_C_cuda_emu, m) {
   illada::bind::register_cuda_attention(m);
   illada::bind::register_cuda_sampling(m);
   illada::bind::register_cuda_probe(m);
+  illada::bind::register_cuda_gemm(m);
   m.attr("POISON_BYTE") = static_cast<int>(cuda_emu::kPoisonByte);
 #ifdef ILLADA_CUDA_EMU_INSTRUMENTED
   m.attr("INSTRUMENTED") = true;
@@ -160,6 +161,15 @@ PYBIND11_MODULE(_C_cuda_emu, m) {
       },
       py::arg("x"), py::arg("out"), py::arg("src_bytes"),
       "32 threads, 16 bytes each by cp.async.ca reading only src_bytes (the rest zero-filled); out = what landed");
+  m.def(
+      "template_exchange",
+      [](py::handle out, unsigned block, bool barrier, bool declared) {
+        check_launch(1, block, 1);
+        auto ov = vector_arg(out, "out", DType::i32, block);
+        run({&ov}, [&] { t::template_exchange(ov.ptr<int32_t>(), block, barrier, declared); });
+      },
+      py::arg("out"), py::arg("block"), py::arg("barrier"), py::arg("declared"),
+      "a function-template kernel exchanging through shared memory declared with ILLADA_SHARED or plain __shared__");
   m.def(
       "to_16bit",
       [](py::handle x, py::handle out, const std::string& kind) {

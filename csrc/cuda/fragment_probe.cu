@@ -24,7 +24,7 @@ __device__ __forceinline__ void load_and_store(const uint16_t* row, uint32_t* ou
 
 __global__ void ldmatrix_probe_kernel(const uint4* src, const int32_t* row_of_lane, int num, bool trans,
                                       uint32_t* out) {
-  __shared__ __align__(16) uint4 tile[32];  // 32 rows of 8 b16
+  ILLADA_SHARED(uint4[32], tile);  // 32 rows of 8 b16
   const int lane = threadIdx.x;
   tile[lane] = src[lane];
   __syncthreads();

@@ -183,7 +183,7 @@ __global__ void __launch_bounds__(kSampleThreads) sample_tokens_kernel(const Sam
 
   // CTA reduction: within warps by shuffles, then warp 0 over the warps' results.
   for (int off = 16; off > 0; off /= 2) st.merge(st.shfl_xor(off));
-  __shared__ RowState<Acc> warp_state[kSampleThreads / 32];
+  ILLADA_SHARED(RowState<Acc>[kSampleThreads / 32], warp_state);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   if (lane == 0) warp_state[warp] = st;
   __syncthreads();
@@ -237,7 +237,7 @@ __global__ void __launch_bounds__(kSelectThreads) select_transfer_kernel(const S
   const int n = static_cast<int>(p.block);
   double* conf = reinterpret_cast<double*>(select_smem);
   unsigned char* cand = select_smem + sizeof(double) * n;
-  __shared__ int counts[2];  // candidates, candidates at or above the threshold
+  ILLADA_SHARED(int[2], counts);  // candidates, candidates at or above the threshold
   const int64_t b = blockIdx.x;
   int64_t* tokens = p.tokens + b * p.tokens_ld;
   if (threadIdx.x == 0) counts[0] = counts[1] = 0;

@@ -31,10 +31,13 @@ struct alignas(8) float2 {
   float x, y;
 };
 
-inline thread_local uint3 threadIdx;
-inline thread_local uint3 blockIdx;
-inline thread_local dim3 blockDim;
-inline thread_local dim3 gridDim;
+// initial-exec: read on every index computation, so not through __tls_get_addr (the module's few bytes of TLS fit
+// the static TLS space the loader keeps for dlopen'ed libraries)
+#define CUDA_EMU_TLS thread_local __attribute__((tls_model("initial-exec")))
+inline CUDA_EMU_TLS uint3 threadIdx;
+inline CUDA_EMU_TLS uint3 blockIdx;
+inline CUDA_EMU_TLS dim3 blockDim;
+inline CUDA_EMU_TLS dim3 gridDim;
 constexpr int warpSize = 32;
 
 #define __global__
@@ -101,11 +104,13 @@ unsigned long long atomic_add(unsigned long long* p, unsigned long long v);
 float atomic_add(float* p, float v);
 double atomic_add(double* p, double v);
 int atomic_max(int* p, int v);
+int atomic_exch(int* p, int v);
 }  // namespace cuda_emu
 
 template <typename T>
 T atomicAdd(T* p, T v) { return cuda_emu::atomic_add(p, v); }
 inline int atomicMax(int* p, int v) { return cuda_emu::atomic_max(p, v); }
+inline int atomicExch(int* p, int v) { return cuda_emu::atomic_exch(p, v); }
 
 // Warp collectives: a rendezvous of the lanes named in `mask` at one call site (the caller's file and line).
 template <typename T>
@@ -125,6 +130,13 @@ inline void __syncwarp(unsigned mask = 0xffffffffu, cuda_emu::Site site = cuda_e
   cuda_emu::warp_collective(cuda_emu::WarpOp::ballot, mask, 0, 0, 32, site);
 }
 
+// Memory-ordering and cache-hint intrinsics: CTAs run one after another here, so every write is visible to the
+// CTAs that run later (ordering between concurrently running CTAs is what the emulator cannot check).
+inline void __threadfence() {}
+template <typename T>
+T __ldcg(const T* p) { return *p; }
+
 // Arithmetic intrinsics with one rounding each (no contraction: the emulator is compiled with -ffp-contract=off).
 inline float __fadd_rn(float a, float b) { return a + b; }
 inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fdiv_rn(float a, float b) { return a / b; }

@@ -76,13 +76,18 @@ struct Cta {
   uint32_t epoch = 1;            // barrier interval, increasing through the launch
   uint32_t cta_first_epoch = 1;  // first interval of the running CTA
   std::vector<uint32_t> warp_epoch;  // completed collectives per warp
+  std::vector<int> warp_waiting;     // lanes of each warp waiting at a collective
   Window shared_static{"static shared memory"}, shared_dynamic{"dynamic shared memory"};
+  Window shared_declared{"static shared memory"};  // ILLADA_SHARED declarations, laid out as they first run
+  std::vector<unsigned char> declared_storage;     // guard + kMaxStaticShared + guard
+  std::vector<std::pair<const void*, size_t>> declared;  // site -> offset in shared_declared
+  size_t declared_used = 0;
   std::vector<GlobalRange> globals;
   uintptr_t host_stack_lo = 0, host_stack_hi = 0;  // the launching thread's frames (kernel parameters)
 };
 
-extern thread_local Cta* g_cta;
-extern thread_local bool g_checking;  // a fiber with checks on is running on this OS thread
+extern CUDA_EMU_TLS Cta* g_cta;
+extern CUDA_EMU_TLS bool g_checking;  // a fiber with checks on is running on this OS thread
 
 enum class Access { read, write, atomic };
 const char* access_name(Access a);

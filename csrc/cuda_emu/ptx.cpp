@@ -75,8 +75,8 @@ struct MmaSlot {
 };
 
 // Gathers the 16 x K A, K x 8 B and 16 x 8 C of a warp's fragments (K = 16 for 16-bit, 32 for 8-bit elements).
-template <typename Acc, int K>
-void gather(const WarpLanes& w, double (&A)[16][K], double (&B)[K][8], Acc (&C)[16][8], double (*elem)(uint32_t, int)) {
+template <typename Acc, int K, typename Elem>
+void gather(const WarpLanes& w, double (&A)[16][K], double (&B)[K][8], Acc (&C)[16][8], Elem elem) {
   for (unsigned lane = 0; lane < 32; ++lane) {
     auto* s = static_cast<MmaSlot<Acc>*>(w.slot[lane]);
     const int g = lane >> 2, t = lane & 3;
@@ -105,15 +105,32 @@ void scatter(const WarpLanes& w, const Acc (&D)[16][8]) {
   }
 }
 
-double elem_bf16(uint32_t r, int e) { return bf16_to_float(half_of(r, e)); }
-double elem_f16(uint32_t r, int e) { return f16_to_float(half_of(r, e)); }
-double elem_s8(uint32_t r, int e) { return static_cast<int8_t>(byte_of(r, e)); }
-double elem_e4m3(uint32_t r, int e) { return e4m3_to_float(byte_of(r, e)); }
+struct E4m3Table {  // every e4m3 value, decoded once
+  float v[256];
+  E4m3Table() {
+    for (int i = 0; i < 256; ++i) v[i] = e4m3_to_float(static_cast<uint8_t>(i));
+  }
+};
+const E4m3Table& e4m3_table() {
+  static const E4m3Table t;
+  return t;
+}
+
+struct ElemBf16 {
+  double operator()(uint32_t r, int e) const { return bf16_to_float(half_of(r, e)); }
+};
+struct ElemF16 {
+  double operator()(uint32_t r, int e) const { return f16_to_float(half_of(r, e)); }
+};
+struct ElemE4m3 {
+  const float* lut = e4m3_table().v;
+  double operator()(uint32_t r, int e) const { return lut[byte_of(r, e)]; }
+};
 
 // Float accumulation: the products are exact in double and the K-term sum plus c is rounded to fp32 once. (The
 // hardware's internal order and precision are unspecified; the result agrees to fp32 rounding of the sum.)
-template <int K>
-void mma_float(const WarpLanes& w, double (*elem)(uint32_t, int)) {
+template <int K, typename Elem>
+void mma_float(const WarpLanes& w, Elem elem) {
   double A[16][K], B[K][8];
   float C[16][8], D[16][8];
   gather<float, K>(w, A, B, C, elem);
@@ -126,19 +143,33 @@ void mma_float(const WarpLanes& w, double (*elem)(uint32_t, int)) {
   scatter<float>(w, D);
 }
 
-void mma_bf16_compute(const WarpLanes& w) { mma_float<16>(w, elem_bf16); }
-void mma_f16_compute(const WarpLanes& w) { mma_float<16>(w, elem_f16); }
-void mma_e4m3_compute(const WarpLanes& w) { mma_float<32>(w, elem_e4m3); }
+void mma_bf16_compute(const WarpLanes& w) { mma_float<16>(w, ElemBf16{}); }
+void mma_f16_compute(const WarpLanes& w) { mma_float<16>(w, ElemF16{}); }
+void mma_e4m3_compute(const WarpLanes& w) { mma_float<32>(w, ElemE4m3{}); }
 void mma_s8_compute(const WarpLanes& w) {
-  double A[16][32], B[32][8];
-  int32_t C[16][8], D[16][8];
-  gather<int32_t, 32>(w, A, B, C, elem_s8);
-  for (int i = 0; i < 16; ++i)
-    for (int j = 0; j < 8; ++j) {
-      int64_t acc = C[i][j];
-      for (int k = 0; k < 32; ++k) acc += static_cast<int64_t>(A[i][k]) * static_cast<int64_t>(B[k][j]);
-      D[i][j] = static_cast<int32_t>(static_cast<uint32_t>(acc));  // wraps modulo 2^32
+  // integer arithmetic throughout (the fragments' layout as in gather(), specialized: this is the hot path of the
+  // emulated int8 GEMM)
+  int32_t A[16][32], B[8][32];
+  for (unsigned lane = 0; lane < 32; ++lane) {
+    auto* s = static_cast<MmaSlot<int32_t>*>(w.slot[lane]);
+    const int g = lane >> 2, t = lane & 3;
+    for (int reg = 0; reg < 4; ++reg)
+      for (int e = 0; e < 4; ++e)
+        A[g + ((reg & 1) ? 8 : 0)][4 * t + e + ((reg & 2) ? 16 : 0)] = static_cast<int8_t>(byte_of(s->a[reg], e));
+    for (int reg = 0; reg < 2; ++reg)
+      for (int e = 0; e < 4; ++e) B[g][4 * t + e + (reg ? 16 : 0)] = static_cast<int8_t>(byte_of(s->b[reg], e));
+  }
+  int32_t D[16][8];
+  for (unsigned lane = 0; lane < 32; ++lane) {
+    auto* s = static_cast<MmaSlot<int32_t>*>(w.slot[lane]);
+    const int g = lane >> 2, t = lane & 3;
+    for (int i = 0; i < 4; ++i) {
+      const int row = g + (i >= 2 ? 8 : 0), col = 2 * t + (i & 1);
+      int32_t dot = 0;  // |dot| <= 32 * 128 * 128: no overflow
+      for (int k = 0; k < 32; ++k) dot += A[row][k] * B[col][k];
+      D[row][col] = static_cast<int32_t>(static_cast<uint32_t>(s->c[i]) + static_cast<uint32_t>(dot));  // wraps
     }
+  }
   scatter<int32_t>(w, D);
 }
 
@@ -252,6 +283,26 @@ uint16_t float_to_f16_rn(float f) {
   const uint32_t rest = au & 0x1fff;
   if (rest > 0x1000 || (rest == 0x1000 && (h & 1))) ++h;  // may carry into the exponent, correctly
   return sign | static_cast<uint16_t>(h);
+}
+
+uint8_t float_to_e4m3_rn(float f, bool satfinite) {
+  if (std::isnan(f)) return 0x7f;
+  const uint8_t sign = std::signbit(f) ? 0x80 : 0;
+  const float a = std::fabs(f);
+  if (a > 448.f) {  // the largest finite, or what rounds past it
+    if (satfinite) return sign | 0x7e;
+    if (a >= 464.f) return sign | 0x7f;  // round-to-nearest-even would give 480, which e4m3 cannot hold: NaN
+    return sign | 0x7e;
+  }
+  if (a < std::ldexp(1.f, -6)) {  // subnormal: multiples of 2^-9 (8 of them make the smallest normal, 0x08)
+    return sign | static_cast<uint8_t>(std::nearbyint(a * 512.f));
+  }
+  int e;
+  std::frexp(a, &e);  // a = m * 2^e, m in [0.5, 1)
+  e -= 1;             // a = 1.f * 2^e
+  float q = std::nearbyint(std::ldexp(a, 3 - e));  // 8 .. 16
+  if (q == 16.f) q = 8.f, ++e;
+  return sign | static_cast<uint8_t>(((e + 7) << 3) | (static_cast<int>(q) - 8));
 }
 
 }  // namespace cuda_emu::ptx

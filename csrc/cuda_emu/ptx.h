@@ -30,5 +30,8 @@ float f16_to_float(uint16_t h);
 float e4m3_to_float(uint8_t v);
 uint16_t float_to_bf16_rn(float f);  // round to nearest even; NaN -> 0x7fff (cuda_bf16.h's canonical NaN)
 uint16_t float_to_f16_rn(float f);   // round to nearest even, with subnormals; NaN -> 0x7fff
+// e4m3 (OCP "fn": no infinities, max 448), round to nearest even with subnormals; beyond 448 (and +-inf): +-448
+// when `satfinite`, else NaN; NaN -> 0x7f.
+uint8_t float_to_e4m3_rn(float f, bool satfinite);
 
 }  // namespace cuda_emu::ptx

@@ -4,6 +4,7 @@
 // stops with a KernelError: divergence is reported, never a hang.
 #include <pthread.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstring>
 #include <cstdlib>
@@ -20,12 +21,12 @@ extern char __stop_cuda_emu_shared[] __attribute__((weak));
 
 namespace cuda_emu {
 
-thread_local Cta* g_cta = nullptr;
-thread_local bool g_checking = false;
+CUDA_EMU_TLS Cta* g_cta = nullptr;
+CUDA_EMU_TLS bool g_checking = false;
 
 namespace {
 
-constexpr size_t kStackBytes = 64 * 1024;
+constexpr size_t kStackBytes = 32 * 1024;
 constexpr size_t kSharedGuard = 4096;
 
 std::mutex g_launch_mutex;  // the static shared section is one per process
@@ -142,6 +143,7 @@ void try_complete_warp_op(Cta& c, unsigned self) {
     }
   }
   ++c.warp_epoch[self / 32];
+  c.warp_waiting[self / 32] -= __builtin_popcount(me.mask);
   for (unsigned lane = 0; lane < 32; ++lane)
     if (me.mask >> lane & 1u) c.fibers[warp0 + lane].state = State::runnable;
 }
@@ -175,6 +177,7 @@ void run_cta(Cta& c) {
   }
   ++c.epoch;
   c.cta_first_epoch = c.epoch;
+  std::fill(c.warp_waiting.begin(), c.warp_waiting.end(), 0);
   for (;;) {
     bool ran = false, live = false;
     for (unsigned i = 0; i < c.nthreads; ++i) {
@@ -238,7 +241,8 @@ void arrive(Cta& c, unsigned self, unsigned mask, Site site) {
   if (!(mask >> (self % 32) & 1u))
     fail(std::string(op_name(f)) + " at " + where(site) + ": " + thread_name(self) +
          " calls it but is not in the mask " + hex(mask));
-  try_complete_warp_op(c, self);
+  // the rendezvous can complete only once as many lanes as the mask names wait (one scan per collective)
+  if (++c.warp_waiting[self / 32] >= __builtin_popcount(mask)) try_complete_warp_op(c, self);
   if (f.state != State::runnable) switch_to_scheduler();
 }
 }  // namespace
@@ -273,6 +277,19 @@ void warp_exchange(const char* name, unsigned mask, void* slot, void (*compute)(
 }
 
 void* dynamic_shared_base() { return g_cta->shared_dynamic.base; }
+
+void* static_shared(const void* site, size_t bytes, const char* name) {
+  Cta& c = *g_cta;
+  for (const auto& d : c.declared)
+    if (d.first == site) return c.shared_declared.base + d.second;
+  const size_t offset = (c.declared_used + 15) / 16 * 16;
+  if (offset + bytes > kMaxStaticShared)
+    fail(std::string("static shared memory: declaring '") + name + "' (" + std::to_string(bytes) +
+         " bytes) takes the kernel past " + std::to_string(kMaxStaticShared) + " bytes");
+  c.declared.emplace_back(site, offset);
+  c.declared_used = offset + bytes;
+  return c.shared_declared.base + offset;
+}
 unsigned current_thread() { return g_cta->current; }
 
 bool set_max_dynamic_shared(const void* fn, size_t bytes) {
@@ -320,10 +337,15 @@ void launch(const char* kernel, const void* fn, Dims grid, Dims block, size_t dy
   c.stacks.reset(new char[c.stacks_bytes]);
   for (unsigned i = 0; i < nthreads; ++i) c.fibers[i].idx = {i % block.x, i / block.x % block.y, i / (block.x * block.y)};
   c.warp_epoch.assign((nthreads + 31) / 32, 0);
+  c.warp_waiting.assign((nthreads + 31) / 32, 0);
   c.dynamic_storage.resize(dynamic_shared_bytes + 2 * kSharedGuard);
   c.shared_dynamic.base = c.dynamic_storage.data() + kSharedGuard;
   c.shared_dynamic.size = dynamic_shared_bytes;
   c.shared_dynamic.guard = kSharedGuard;
+  c.declared_storage.resize(kMaxStaticShared + 2 * kSharedGuard);
+  c.shared_declared.base = c.declared_storage.data() + kSharedGuard;
+  c.shared_declared.size = kMaxStaticShared;
+  c.shared_declared.guard = kSharedGuard;
   if (+__start_cuda_emu_shared != +__stop_cuda_emu_shared) {
     c.shared_static.base = reinterpret_cast<unsigned char*>(__start_cuda_emu_shared);
     c.shared_static.size = static_cast<size_t>(__stop_cuda_emu_shared - __start_cuda_emu_shared);
@@ -349,6 +371,7 @@ void launch(const char* kernel, const void* fn, Dims grid, Dims block, size_t dy
         blockIdx = c.block_idx;
         if (c.shared_static.size) std::memset(c.shared_static.base, kPoisonByte, c.shared_static.size);
         std::memset(c.shared_dynamic.base, kPoisonByte, c.shared_dynamic.size);
+        std::memset(c.shared_declared.base, kPoisonByte, c.declared.empty() ? c.shared_declared.size : c.declared_used);
         run_cta(c);
       }
 }
@@ -377,4 +400,5 @@ unsigned long long atomic_add(unsigned long long* p, unsigned long long v) {
 float atomic_add(float* p, float v) { return rmw(p, v, [](float a, float b) { return a + b; }); }
 double atomic_add(double* p, double v) { return rmw(p, v, [](double a, double b) { return a + b; }); }
 int atomic_max(int* p, int v) { return rmw(p, v, [](int a, int b) { return a > b ? a : b; }); }
+int atomic_exch(int* p, int v) { return rmw(p, v, [](int, int b) { return b; }); }
 }  // namespace cuda_emu

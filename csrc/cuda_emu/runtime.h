@@ -31,6 +31,7 @@ constexpr unsigned char kPoisonByte = 0xA5;
 // Default and largest dynamic shared memory per CTA (an H100/H200 allows 227 KiB after cudaFuncSetAttribute).
 constexpr size_t kDefaultDynamicShared = 48 * 1024;
 constexpr size_t kMaxDynamicShared = 227 * 1024;
+constexpr size_t kMaxStaticShared = 48 * 1024;  // the most a kernel may declare statically
 
 struct Dims {
   unsigned x = 1, y = 1, z = 1;
@@ -79,6 +80,9 @@ struct WarpLanes {
 void warp_exchange(const char* op_name, unsigned mask, void* slot, void (*compute)(const WarpLanes&), Site site);
 
 void* dynamic_shared_base();
+// The storage of one ILLADA_SHARED declaration (`site` identifies it): the same for every thread of the launch,
+// poisoned at each CTA start, checked like all shared memory.
+void* static_shared(const void* site, size_t bytes, const char* name);
 unsigned current_thread();                  // linear index of the running thread in its CTA
 [[noreturn]] void fail(const std::string& msg);  // report an error of the running thread; the launch raises it
 

@@ -72,7 +72,7 @@ bool index_variable(uintptr_t a, size_t n) {
 }
 
 Window* window_of(Cta& c, uintptr_t a) {
-  for (Window* w : {&c.shared_dynamic, &c.shared_static}) {
+  for (Window* w : {&c.shared_dynamic, &c.shared_declared, &c.shared_static}) {
     const auto b = reinterpret_cast<uintptr_t>(w->base);
     if (w->base && a + w->guard >= b && a < b + w->size + w->guard) return w;
   }
@@ -175,13 +175,14 @@ const char* access_name(Access a) {
 
 void shadow_begin_launch(Cta& c) {
   std::call_once(g_image_once, find_image);
-  for (Window* w : {&c.shared_static, &c.shared_dynamic}) w->cells.assign(c.checks ? w->size : 0, Cell{});
+  for (Window* w : {&c.shared_static, &c.shared_dynamic, &c.shared_declared})
+    w->cells.assign(c.checks ? w->size : 0, Cell{});
 }
 
 bool in_shared(const void* p, size_t n) {
   Cta& c = *g_cta;
   const auto a = reinterpret_cast<uintptr_t>(p);
-  for (const Window* w : {&c.shared_dynamic, &c.shared_static}) {
+  for (const Window* w : {&c.shared_dynamic, &c.shared_declared, &c.shared_static}) {
     const auto b = reinterpret_cast<uintptr_t>(w->base);
     if (w->base && a >= b && a + n <= b + w->size) return true;
   }
@@ -199,7 +200,12 @@ void check_access(const void* p, size_t n, Access k, unsigned tid) {
     if (a >= r.begin && a + n <= r.end) return;
   if (a >= c.host_stack_lo && a + n <= c.host_stack_hi) return;
   for (const Image& m : g_image)
-    if (a >= m.lo && a + n <= m.hi) return;
+    if (a >= m.lo && a + n <= m.hi) {
+      if (k == Access::read) return;  // constants and tables
+      fail(std::string(access_name(k)) + " of a host global at " + hexaddr(a) + " by " + thread_name(tid) +
+           ": a `__shared__` variable inside a function template? (GCC drops the section attribute of static "
+           "locals in templates: declare shared memory with ILLADA_SHARED, csrc/cuda/launch.cuh)");
+    }
   if (index_variable(a, n)) return;
   fail(out_of_bounds(c, a, n, k, tid));
 }

@@ -113,7 +113,30 @@ __global__ void cp_async_zero_fill_kernel(const float* x, float* out, int src_by
   for (int i = 0; i < 4; ++i) out[4 * t + i] = s[4 * t + i];
 }
 
+template <bool Declared>
+__global__ void template_exchange_kernel(int32_t* out, bool barrier) {
+  const int t = threadIdx.x;
+  if constexpr (Declared) {
+    ILLADA_SHARED(int32_t[1024], s);
+    s[t] = t;
+    if (barrier) __syncthreads();
+    out[t] = t > 0 ? s[t - 1] : -1;
+  } else {
+    __shared__ int32_t s[1024];
+    s[t] = t;
+    if (barrier) __syncthreads();
+    out[t] = t > 0 ? s[t - 1] : -1;
+  }
+}
+
 }  // namespace
+
+void template_exchange(int32_t* out, unsigned block, bool barrier, bool declared) {
+  if (declared)
+    ILLADA_LAUNCH("template_exchange", template_exchange_kernel<true>, 1, block, 0, 0)(out, barrier);
+  else
+    ILLADA_LAUNCH("template_exchange", template_exchange_kernel<false>, 1, block, 0, 0)(out, barrier);
+}
 
 void block_sum(const float* x, int n, float* out, unsigned grid, unsigned block) {
   ILLADA_LAUNCH("block_sum", block_sum_kernel, grid, block, 0, 0)(x, n, out);

@@ -34,5 +34,9 @@ void shared_index(int32_t* out, unsigned block, unsigned elems, int offset);
 void cp_async_exchange(const float* x, float* out, unsigned block, bool wait);
 // Each of 32 threads copies 16 bytes of x (cp.async.ca) with only `src_bytes` read: out gets those, then zeros.
 void cp_async_zero_fill(const float* x, float* out, int src_bytes);
+// A function-template kernel: thread t writes s[t] then reads s[t - 1] (a race unless `barrier`). With
+// `declared`, s is declared with ILLADA_SHARED (checked); otherwise with a plain `__shared__`, which GCC turns into
+// a host global inside a template: the write is reported as such.
+void template_exchange(int32_t* out, unsigned block, bool barrier, bool declared);
 
 }  // namespace cuda_emu::tests

@@ -30,7 +30,7 @@ from typing import Iterator
 
 import torch
 
-KERNELS = ("attention", "sample_tokens", "select_transfer")
+KERNELS = ("attention", "sample_tokens", "select_transfer", "gemm_w8a8", "gemm_fp8")
 
 try:
     from .. import _C_cuda  # type: ignore[attr-defined]
@@ -62,7 +62,8 @@ class Emulation:
 
 @contextlib.contextmanager
 def emulated() -> Iterator[Emulation]:
-    """Inside this context every op with a CUDA kernel (attention, sample_tokens, select_transfer) runs that kernel
+    """Inside this context every op with a CUDA kernel (attention, sample_tokens, select_transfer, and the quantized
+    linears: gemm_w8a8, gemm_fp8 with the e4m3 activations of sm_89+) runs that kernel
     through the CUDA emulator when its tensors are on the CPU, with the binding's argument checks and the emulator's
     checkers on (a fault raises _C_cuda_emu.EmulatedKernelError). Shapes a kernel does not take go where they go on a
     GPU: to the PyTorch reference. Nothing changes outside the context."""

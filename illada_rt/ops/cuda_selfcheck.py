@@ -25,10 +25,11 @@ import torch
 from . import cuda as cuda_ops
 from . import reference
 
-CHECKS = ("fragments", "attention", "sample_tokens", "select_transfer")
+CHECKS = ("fragments", "attention", "sample_tokens", "select_transfer", "gemm_w8a8", "gemm_fp8")
 # kernel -> the checks its verdict needs
 NEEDS = {"attention": ("fragments", "attention"), "sample_tokens": ("sample_tokens",),
-         "select_transfer": ("select_transfer",)}
+         "select_transfer": ("select_transfer",), "gemm_w8a8": ("fragments", "gemm_w8a8"),
+         "gemm_fp8": ("fragments", "gemm_fp8")}
 
 
 def _sync(device: torch.device) -> None:
@@ -96,6 +97,45 @@ def check_select_transfer(device: torch.device) -> str:
         if not torch.equal(ours.cpu(), want):
             raise AssertionError(f"{'top-k' if 'k' in kw else 'threshold'}: transferred positions differ")
     return "top-k and threshold"
+
+
+def _gemm_case(device: torch.device, kind: str) -> str:
+    from . import cuda_gemm
+
+    g = torch.Generator().manual_seed(11)
+    M, N, K = 70, 130, 300  # odd sizes, K padded, several 64-byte stages; split-K forced to 3 and automatic
+    x = (torch.randn(M, K, generator=g) * 2).to(torch.bfloat16)
+    if kind == "s8":
+        w = torch.randint(-127, 128, (N, K), generator=g, dtype=torch.int8)
+    else:
+        w = (torch.randn(N, K, generator=g) * 100).clamp(-448, 448).to(torch.float8_e4m3fn)
+    ws = torch.rand(N, generator=g) * 0.01 + 1e-3
+    wt = cuda_gemm.pack_weight(w, ws, "channel", device)
+    outs = [cuda_gemm.linear(x.to(device), wt, torch.float32, splits=s).cpu() for s in (1, 3, None)]
+    _sync(device)
+    if kind == "s8":  # integer arithmetic: exact
+        q, xs = reference.quantize_per_token_s8(x.float())
+        want = ((q.long() @ w.long().T).float() * xs[:, None]) * ws[None, :]
+        ok = all(torch.equal(o, want) for o in outs)
+    else:
+        amax = x.float().abs().amax(1)
+        xs = amax / 448
+        q = (x.float() / xs[:, None]).clamp(-448, 448).to(torch.float8_e4m3fn)
+        want = (q.double() @ (w.double() * ws.double()[:, None]).T) * xs.double()[:, None]
+        ok = all(((o.double() - want).abs() <= 1e-5 * want.abs().amax()).all() for o in outs)
+    if not ok:
+        raise AssertionError(f"{kind}: the product differs from the reference (splits 1, 3, automatic)")
+    return f"{M}x{N}x{K}, split-K 1/3/auto"
+
+
+def check_gemm_w8a8(device: torch.device) -> str:
+    return _gemm_case(device, "s8")
+
+
+def check_gemm_fp8(device: torch.device) -> str:
+    if device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 9):
+        raise AssertionError("the e4m3 tensor-core GEMM needs sm_89 or newer")
+    return _gemm_case(device, "e4m3")
 
 
 def check_fragments(device: torch.device) -> str:
