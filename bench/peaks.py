@@ -44,5 +44,16 @@ def measured_gpu_peaks() -> dict:
 
     mm = timed(lambda: torch.matmul(a, b), 10)
     cp = timed(lambda: dst.copy_(src), 10)
-    return {"device": torch.cuda.get_device_name(dev), "bf16_mma_gops": round(2 * 8192 ** 3 / mm / 1e9, 1),
-            "copy_gbps": round(2 * 2 * 1024 ** 3 / cp / 1e9, 1)}
+    out = {"device": torch.cuda.get_device_name(dev), "bf16_mma_gops": round(2 * 8192 ** 3 / mm / 1e9, 1),
+           "copy_gbps": round(2 * 2 * 1024 ** 3 / cp / 1e9, 1)}
+    # the int8 and fp8 tensor-core rates, as PyTorch reaches them (cuBLASLt) at the same size
+    ai = torch.randint(-127, 128, (8192, 8192), device=dev, dtype=torch.int8)
+    bi = torch.randint(-127, 128, (8192, 8192), device=dev, dtype=torch.int8)
+    out["int8_mma_gops"] = round(2 * 8192 ** 3 / timed(lambda: torch._int_mm(ai, bi.t()), 10) / 1e9, 1)
+    del ai, bi
+    if torch.cuda.get_device_capability(dev) >= (8, 9):
+        af, bf = a.to(torch.float8_e4m3fn), b.to(torch.float8_e4m3fn)
+        one = torch.ones((), device=dev)
+        out["fp8_mma_gops"] = round(2 * 8192 ** 3 / timed(
+            lambda: torch._scaled_mm(af, bf.t(), one, one, out_dtype=torch.bfloat16), 10) / 1e9, 1)
+    return out

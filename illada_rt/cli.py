@@ -107,14 +107,33 @@ def _quant_info(cfg, caps, compute_dtype) -> tuple[str | None, str | None]:
     if sch is None:
         return None, None
     kernel = linear_kernel(sch.scheme, sch.granularity, torch.device("cpu"), compute_dtype)
+    cuda_kernel = "gemm_w8a8" if sch.scheme == "int8" and sch.granularity == "channel" else "gemm_fp8"
+    cuda_status = caps["cuda_kernels"].get(cuda_kernel, "")
     compute = _dtype_name(compute_dtype)
     runs = {"w8a8": f"W8A8 kernel {caps['kernels']['gemm_w8a8']['cpu']}",
             "fp8w": f"FP8-weight kernel {caps['kernels']['gemm_fp8w']['cpu']}",
             "dequantized": f"weights dequantized to {compute} at load (torch GEMMs)"}[kernel]
     acts = "int8, dynamic per token" if kernel == "w8a8" else f"{compute} (weight-only)"
     ignore = f", {len(sch.ignore)} weights left unquantized" if sch.ignore else ""
+    on_cuda = (f"the {cuda_kernel} GEMM with weights kept quantized ({cuda_status})"
+               + (" on sm_89+, dequantized at load on older GPUs" if cuda_kernel == "gemm_fp8" else "")
+               if cuda_status.startswith("_C_cuda") or "self-check" in cuda_status
+               else f"weights dequantized at load ({cuda_status or 'no CUDA kernel'})")
     return (f"{sch.scheme} weights ({sch.granularity} scales, {sch.source}), activations {acts}{ignore}; on CPU "
-            f"({compute} compute): {runs}; on CUDA: weights dequantized at load"), kernel
+            f"({compute} compute): {runs}; on CUDA: {on_cuda}"), kernel
+
+
+def _cuda_bytes(cfg, store, caps) -> dict:
+    import torch
+
+    from illada_rt.quant import device_bytes_estimate, read_scheme
+
+    sch = read_scheme(cfg.raw)
+    out = {"dequantized (bf16)": device_bytes_estimate(store, sch, "dequantized", torch.bfloat16)}
+    if sch is not None:
+        gemm = "gemm_w8a8" if sch.scheme == "int8" and sch.granularity == "channel" else "gemm_fp8"
+        out[f"with {gemm}"] = device_bytes_estimate(store, sch, gemm, torch.bfloat16)
+    return out
 
 
 def cmd_info(args) -> int:
@@ -150,6 +169,8 @@ def cmd_info(args) -> int:
         "compute_dtype_cpu": _dtype_name(compute), "parameters": cfg.parameter_count(),
         "quantization": quantization, "quantized_kernel_cpu": quantized_kernel,
         "weights_bytes": directory_size(path),
+        # on a GPU: quantized linears at one byte per weight when the CUDA GEMM runs them, else dequantized
+        "weights_bytes_cuda": _cuda_bytes(cfg, store, caps),
         "tokenizer": tok.backend if tok else None, "chat_template": bool(tok and tok.chat_template),
         "kernels": caps["kernels"], "cpu": caps["cpu"], "cuda_archs": caps["cuda_archs"],
         "cuda_devices": caps["cuda_devices"],

@@ -185,6 +185,25 @@ class Transformer:
         load.check_all_read(cfg)
         load.release_again()
 
+    def weight_bytes(self) -> dict:
+        """Bytes the weights take on their device: quantized linears as held (packed, or dequantized), dense tensors,
+        and the total; plus how many linears each kernel runs ({"gemm_w8a8": 196, ...})."""
+        from collections import Counter
+
+        from .quant import weight_nbytes
+
+        quantized = dense = 0
+        kernels: Counter = Counter()
+        weights = [self.embed, self.final_norm] + ([] if self.head is self.embed else [self.head])
+        weights += [getattr(layer, f) for layer in self.layers for f in layer.__dataclass_fields__]
+        for w in weights:
+            if isinstance(w, QuantizedLinear):
+                quantized += weight_nbytes(w)
+                kernels[w.kernel] += 1
+            else:
+                dense += weight_nbytes(w)
+        return {"quantized": quantized, "dense": dense, "total": quantized + dense, "kernels": dict(kernels)}
+
     @torch.inference_mode()
     def forward(self, ids: torch.Tensor, key_mask: torch.Tensor | None = None,
                 positions: torch.Tensor | None = None, logits_from: int = 0,

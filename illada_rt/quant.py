@@ -275,6 +275,39 @@ class QuantizedLinear:
         return F.linear(x, self.dense)
 
 
+def weight_nbytes(w) -> int:
+    """Bytes a weight takes where it lives: a dense tensor, or a QuantizedLinear as held (packed or dequantized)."""
+    if isinstance(w, QuantizedLinear):
+        if w.dense is not None:
+            return w.dense.numel() * w.dense.element_size()
+        p = w.packed
+        if hasattr(p, "nbytes"):
+            return int(p.nbytes)
+        return sum(t.numel() * t.element_size() for t in (getattr(p, "packed", None), getattr(p, "colsum", None),
+                                                           getattr(p, "scale", None)) if t is not None)
+    return w.numel() * w.element_size()
+
+
+def device_bytes_estimate(store, scheme: QuantScheme | None, kernel: str, dtype: torch.dtype) -> int:
+    """The bytes a load would hold on the device with quantized linears run by `kernel` ("gemm_w8a8"/"gemm_fp8":
+    one byte per weight, K padded to 32, float32 scales; "dequantized": the compute dtype): what `illada-rt info`
+    reports for CUDA, without loading anything."""
+    elem = torch.tensor([], dtype=dtype).element_size()
+    total = 0
+    for name in store.names():
+        e = store.entry(name)
+        n = 1
+        for d in e.shape:
+            n *= d
+        if e.dtype in SCHEMES.values() and len(e.shape) == 2 and kernel.startswith("gemm"):
+            total += e.shape[0] * ((e.shape[1] + 31) // 32 * 32)
+        elif name.endswith(".weight_scale"):
+            total += 4 * n if kernel.startswith("gemm") else 0
+        else:
+            total += n * elem
+    return total
+
+
 def load_linear(store, name: str, shape: tuple[int, int], scheme: QuantScheme | None, device: torch.device,
                 dtype: torch.dtype):
     """The weight `name` (ending in .weight) as a dense tensor or a QuantizedLinear, per the scheme and what the

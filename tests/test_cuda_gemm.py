@@ -195,3 +195,85 @@ def test_bad_arguments_are_named():
                  torch.empty(3, 8), 2)
     with pytest.raises(ValueError, match="q: row length must be K rounded up to a multiple of 32"):
         EMU.quantize_rows(torch.randn(2, 40), torch.empty(2, 48, dtype=torch.int8), torch.empty(2), "s8")
+
+
+# ---- weights stay quantized on the device ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def int8_default(tmp_path_factory):
+    from illada_rt.api import DEFAULT_MODEL
+    from illada_rt.quantize import quantize_checkpoint
+
+    dst = tmp_path_factory.mktemp("q") / "int8"
+    quantize_checkpoint(DEFAULT_MODEL, dst, scheme="int8", progress=False)
+    return dst
+
+
+def test_device_bytes_estimate_is_what_the_gemm_layout_holds(int8_default):
+    """info's weights_bytes_cuda: quantized linears at one byte per weight (K padded to 32) plus float32 scales,
+    the rest in bf16, equal to the bytes of pack_weight's tensors, well under the bf16 model's."""
+    from illada_rt.checkpoint import WeightStore
+    from illada_rt.config import read_config
+    from illada_rt.quant import device_bytes_estimate, read_scheme
+
+    store = WeightStore(int8_default)
+    sch = read_scheme(read_config(int8_default).raw)
+    est = device_bytes_estimate(store, sch, "gemm_w8a8", torch.bfloat16)
+    held = 0
+    for name in store.names():
+        e = store.entry(name)
+        if name.endswith(".weight_scale"):
+            continue
+        if e.dtype == torch.int8:
+            held += cuda_gemm.pack_weight(torch.zeros(e.shape, dtype=torch.int8), torch.ones(e.shape[0]), "channel",
+                                          "cpu").nbytes
+        else:
+            n = 1
+            for d in e.shape:
+                n *= d
+            held += 2 * n
+    assert est == held
+    assert est < 0.6 * device_bytes_estimate(store, sch, "dequantized", torch.bfloat16)
+
+
+@gpu
+@pytest.mark.skipif(not HAS_GPU, reason="needs a CUDA GPU")
+def test_int8_checkpoint_keeps_one_byte_per_weight_in_gpu_memory(int8_default, monkeypatch):
+    import illada_rt
+
+    monkeypatch.setenv("ILLADA_RT_CUDA_KERNELS", "all")
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    m = illada_rt.load(int8_default, device="cuda", dtype=torch.bfloat16)
+    allocated = torch.cuda.memory_allocated() - before
+    wb = m.transformer.weight_bytes()
+    assert wb["kernels"] == {"gemm_w8a8": 7 * m.config.n_layers + (0 if m.config.tied_embeddings else 1)}
+    assert allocated <= 1.02 * wb["total"] + (1 << 20)
+    out = m.generate("Once upon a time", gen_length=16, steps=16, block_length=16)
+    assert out.tokens.shape[-1] >= 16
+
+
+
+def test_the_readme_figure_for_an_8b_model_on_the_gpu():
+    """README: LLaDA-8B (32 layers, d 4096, MLP 12288, vocab 126464, untied) int8 on a GPU holds 8.54 GB of
+    weights (7.95 GiB: linears one byte each, the embedding in bf16) against 16.0 GB in bf16."""
+    from types import SimpleNamespace
+
+    from illada_rt.quant import device_bytes_estimate
+
+    d, f, v, L = 4096, 12288, 126464, 32
+    shapes = {"model.transformer.wte.weight": (v, d), "model.transformer.ln_f.weight": (d,),
+              "model.transformer.ff_out.weight": (v, d), "model.transformer.ff_out.weight_scale": (v,)}
+    for i in range(L):
+        p = f"model.transformer.blocks.{i}."
+        for n, s in {"q_proj": (d, d), "k_proj": (d, d), "v_proj": (d, d), "attn_out": (d, d), "ff_proj": (f, d),
+                     "up_proj": (f, d), "ff_out": (d, f)}.items():
+            shapes[p + n + ".weight"], shapes[p + n + ".weight_scale"] = s, (s[0],)
+        shapes[p + "attn_norm.weight"] = shapes[p + "ff_norm.weight"] = (d,)
+    dtype = {n: (torch.float32 if n.endswith("_scale") else torch.int8 if len(s) == 2 and "wte" not in n
+                 else torch.bfloat16) for n, s in shapes.items()}
+    store = SimpleNamespace(names=lambda: list(shapes),
+                            entry=lambda n: SimpleNamespace(shape=shapes[n], dtype=dtype[n]))
+    int8 = device_bytes_estimate(store, None, "gemm_w8a8", torch.bfloat16)
+    bf16 = device_bytes_estimate(store, None, "dequantized", torch.bfloat16)
+    assert round(int8 / 1e9, 2) == 8.54 and round(int8 / 2**30, 2) == 7.95 and round(bf16 / 1e9, 1) == 16.0
