@@ -71,12 +71,12 @@ def capabilities() -> dict:
                  and status["cpu"]["isa"] in ("avx512", "amx") else "torch", "cuda": "torch"},
         "gemm_fp8w": {"cpu": "_C (avx512) for bf16 compute" if status["_C"] and status["kernel_mode"] == "auto"
                       and status["cpu"]["isa"] in ("avx512", "amx") else "dequantized + torch",
-                      "cuda": "gemm_fp8 on sm_89+ (below), dequantized + torch otherwise"},
+                      "cuda": "gemm_fp8 (below)"},
         # no AMX variant yet: an AMX CPU runs the AVX-512 VNNI kernel
         "gemm_w8a8": {"cpu": f"_C ({status['cpu']['isa'].replace('amx', 'avx512')})"
                       if status["_C"] and status["kernel_mode"] == "auto" else "reference",
                       "cuda": cuda["gemm_w8a8"].replace("reference", "dequantized + torch", 1)},
-        "gemm_fp8 (W8A8 e4m3, sm_89+)": {"cpu": "-", "cuda": cuda["gemm_fp8"].replace("reference", "dequantized + torch",
+        "gemm_fp8 (W8A8 e4m3 on sm_89+, weight-only before)": {"cpu": "-", "cuda": cuda["gemm_fp8"].replace("reference", "dequantized + torch",
                                                                                    1)},
     }
     return status

@@ -116,7 +116,7 @@ def _quant_info(cfg, caps, compute_dtype) -> tuple[str | None, str | None]:
     acts = "int8, dynamic per token" if kernel == "w8a8" else f"{compute} (weight-only)"
     ignore = f", {len(sch.ignore)} weights left unquantized" if sch.ignore else ""
     on_cuda = (f"the {cuda_kernel} GEMM with weights kept quantized ({cuda_status})"
-               + (" on sm_89+, dequantized at load on older GPUs" if cuda_kernel == "gemm_fp8" else "")
+               + (" (W8A8 e4m3 on sm_89+, weight-only before)" if cuda_kernel == "gemm_fp8" else "")
                if cuda_status.startswith("_C_cuda") or "self-check" in cuda_status
                else f"weights dequantized at load ({cuda_status or 'no CUDA kernel'})")
     return (f"{sch.scheme} weights ({sch.granularity} scales, {sch.source}), activations {acts}{ignore}; on CPU "

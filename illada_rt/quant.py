@@ -225,8 +225,8 @@ def linear_kernel(scheme: str, granularity: str, device: torch.device, dtype: to
         if scheme == "int8" and granularity == "channel" and cuda_ops.kernel_enabled("gemm_w8a8", device):
             return "gemm_w8a8"
         if (scheme == "fp8" and granularity in ("channel", "tensor", "block128")
-                and cuda_ops._device_sm(device) >= 89 and cuda_ops.kernel_enabled("gemm_fp8", device)):
-            return "gemm_fp8"
+                and cuda_ops.kernel_enabled("gemm_fp8", device)):
+            return "gemm_fp8"  # W8A8 FP8 on sm_89+, weight-only (e4m3 widened in registers) before
         return "dequantized"
     if device.type != "cpu":
         return "dequantized"
@@ -242,8 +242,8 @@ class QuantizedLinear:
     """A quantized weight as the model runs it. On CPU, int8 per-channel runs the fused W8A8 kernel (activations
     quantized per token, int32 GEMM) and fp8 per-channel/per-tensor with bf16 compute runs the FP8-weight kernel
     (one byte per weight, widened in registers) where the CPU has AVX-512 BF16. On CUDA, int8 per-channel runs the
-    W8A8 INT8 GEMM and fp8 (channel, tensor or block128 scales, sm_89+) the W8A8 FP8 GEMM, the weight kept at one
-    byte per element in GPU memory. Every other case holds the dequantized weight in the compute dtype."""
+    W8A8 INT8 GEMM and fp8 (channel, tensor or block128 scales) the FP8 GEMM (W8A8 on sm_89+, weight-only before),
+    the weight kept at one byte per element in GPU memory. Every other case holds the dequantized weight in the compute dtype."""
 
     def __init__(self, q: torch.Tensor, scale: torch.Tensor, granularity: str, device: torch.device,
                  dtype: torch.dtype, name: str):

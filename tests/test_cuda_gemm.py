@@ -115,6 +115,19 @@ def test_linear_batches_of_canvases_and_strided_inputs(device):
 
 # ---- FP8 --------------------------------------------------------------------------------------------------------
 
+def _scales(granularity, N, K, seed):
+    """Weight scales of a granularity, and the same as a float64 [N, K] (or broadcastable) multiplier."""
+    g = torch.Generator().manual_seed(seed)
+    if granularity == "channel":
+        ws = torch.rand(N, generator=g) + 0.1
+        return ws, ws[:, None].double()
+    if granularity == "tensor":
+        ws = torch.tensor([0.37])
+        return ws, ws.double().reshape(1, 1)
+    ws = torch.rand(-(-N // 128), -(-K // 128), generator=g) + 0.1
+    return ws, ws.double().repeat_interleave(128, 0)[:N].repeat_interleave(128, 1)[:, :K]
+
+
 def _e4m3(*shape, seed, scale=1.0):
     v = torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * 100 * scale
     return v.clamp(-448, 448).to(torch.float8_e4m3fn)
@@ -127,17 +140,8 @@ def test_gemm_fp8_within_fp32_rounding_of_float64(device, M, N, K, granularity, 
     if device.type == "cuda" and not GPU_FP8:
         pytest.skip("the e4m3 tensor-core GEMM needs sm_89+")
     a, w = _e4m3(M, K, seed=M), _e4m3(N, K, seed=N + 1)
-    g = torch.Generator().manual_seed(7)
-    if granularity == "channel":
-        ws = torch.rand(N, generator=g) + 0.1
-        wfull = ws[:, None].double()
-    elif granularity == "tensor":
-        ws = torch.tensor([0.37])
-        wfull = ws.double().reshape(1, 1)
-    else:
-        ws = torch.rand(-(-N // 128), -(-K // 128), generator=g) + 0.1
-        wfull = ws.double().repeat_interleave(128, 0)[:N].repeat_interleave(128, 1)[:, :K]
-    xs = torch.rand(M, generator=g) + 0.5
+    ws, wfull = _scales(granularity, N, K, 7)
+    xs = torch.rand(M, generator=torch.Generator().manual_seed(8)) + 0.5
     Kp = (K + 31) // 32 * 32
     wt = cuda_gemm.pack_weight(w, ws, granularity, device)
     ap = torch.zeros(M, Kp, dtype=torch.uint8)
@@ -149,7 +153,7 @@ def test_gemm_fp8_within_fp32_rounding_of_float64(device, M, N, K, granularity, 
     cnt = torch.zeros(mod.gemm_counters(M, N), dtype=torch.int32, device=device)
     stream = 0 if device.type == "cpu" else torch.cuda.current_stream().cuda_stream
     mod.gemm("e4m3", ap.to(device), wt.q, xs.to(device), wt.scale, granularity, out, n, wsp, cnt, stream, 0)
-    wd = w.double() * wfull if granularity != "tensor" else w.double() * wfull
+    wd = w.double() * wfull
     want = (a.double() @ wd.T) * xs.double()[:, None]
     bound = (a.double().abs() @ (w.double().abs() * wfull).T) * xs.double()[:, None]
     # fp32 accumulation over K/32 mma steps plus the block flushes and the epilogue: a few ulps of the magnitudes
@@ -277,3 +281,31 @@ def test_the_readme_figure_for_an_8b_model_on_the_gpu():
     int8 = device_bytes_estimate(store, None, "gemm_w8a8", torch.bfloat16)
     bf16 = device_bytes_estimate(store, None, "dequantized", torch.bfloat16)
     assert round(int8 / 1e9, 2) == 8.54 and round(int8 / 2**30, 2) == 7.95 and round(bf16 / 1e9, 1) == 16.0
+
+
+# ---- FP8 weight-only (sm_80's path: 16-bit activations, e4m3 widened in registers) ------------------------------
+
+@pytest.mark.parametrize("M,N,K", [(5, 7, 31), (33, 130, 300), (64, 256, 512)])
+@pytest.mark.parametrize("granularity", ["channel", "tensor", "block128"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_fp8_weight_only_within_fp32_rounding_of_float64(device, M, N, K, granularity, dtype):
+    x = _x(M, K, M + K, dtype)
+    w = _e4m3(N, K, seed=N)
+    ws, wfull = _scales(granularity, N, K, 9)
+    wt = cuda_gemm.pack_weight(w, ws, granularity, device)
+    for splits in (1, None):
+        out = cuda_gemm.linear(x.to(device), wt, torch.float32, splits=splits, weight_only=True)
+        want = x.double() @ (w.double() * wfull).T
+        bound = x.double().abs() @ (w.double().abs() * wfull).T
+        assert ((out.cpu().double() - want).abs() <= (K / 16 + 8) * 2.0**-24 * bound + 1e-30).all()
+
+
+def test_fp8_weight_only_matches_the_cpu_fp8_kernel(device):
+    """The CPU FP8-weight kernel computes the same thing (bf16 activations, e4m3 widened, fp32 accumulation):
+    agreement to fp32 rounding of the sums."""
+    x = _x(40, 200, 3)
+    w, ws = _e4m3(72, 200, seed=4), torch.rand(72, generator=torch.Generator().manual_seed(5)) * 0.01
+    cpu = ops.linear_fp8w(x, ops.pack_fp8_weight(w, ws), out_dtype=torch.float32)
+    ours = cuda_gemm.linear(x.to(device), cuda_gemm.pack_weight(w, ws, "channel", device), torch.float32,
+                            weight_only=True)
+    torch.testing.assert_close(ours.cpu(), cpu, rtol=2e-5, atol=1e-6)

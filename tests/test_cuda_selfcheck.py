@@ -33,10 +33,11 @@ def test_a_wrong_gemm_fails_its_check(monkeypatch):
     from illada_rt.ops import cuda_gemm
 
     real = cuda_gemm.linear
-    monkeypatch.setattr(cuda_gemm, "linear", lambda x, w, dt=None, splits=None: real(x, w, dt, splits if splits != 3
-                                                                                     else 2))
+    monkeypatch.setattr(cuda_gemm, "linear", lambda x, w, dt=None, splits=None, **kw: real(
+        x, w, dt, splits if splits != 3 else 2, **kw))
     assert cuda_selfcheck.run("cpu")["kernels"]["gemm_w8a8"] is True  # another split count is still exact
-    monkeypatch.setattr(cuda_gemm, "linear", lambda x, w, dt=None, splits=None: real(x, w, dt, splits) * 1.001)
+    monkeypatch.setattr(cuda_gemm, "linear", lambda x, w, dt=None, splits=None, **kw: real(x, w, dt, splits, **kw)
+                        * 1.001)
     out = cuda_selfcheck.run("cpu")["kernels"]
     assert out["gemm_w8a8"] is False and out["gemm_fp8"] is False and out["attention"] is True
 

@@ -60,20 +60,38 @@ void gemm(const std::string& kind_, py::handle a_, py::handle w_, py::handle a_s
           const std::string& w_scale_kind, py::handle out_, int splits, py::handle workspace_, py::handle counters_,
           uintptr_t stream, int device) {
   const cuda::ElemKind kind = elem_kind(kind_);
-  auto a = view(a_, "a", true), w = view(w_, "w", true), as = view(a_scale_, "a_scale", true);
+  auto a = view(a_, "a", true), w = view(w_, "w", true);
+  TensorView as;
   auto ws = view(w_scale_, "w_scale", true), out = view(out_, "out", true);
-  expect_bytes_matrix(a, kind);
   expect_bytes_matrix(w, kind);
-  const int64_t M = a.shape[0], Kp = a.shape[1], N = w.shape[0];
-  w.expect_dim(1, Kp, "a.shape[1]");
-  ILLADA_CHECK(Kp % 32 == 0, "a: K must be padded to a multiple of 32, got " << Kp);
-  ILLADA_CHECK(M < (int64_t(1) << 31) && N < (int64_t(1) << 31) && Kp < (int64_t(1) << 31), "a/w: too large");
-  as.expect_dtype({DType::f32});
-  as.expect_rank(1);
-  as.expect_dim(0, M, "a.shape[0]");
-  as.expect_contiguous();
-  ws.expect_dtype({DType::f32});
+  // e4m3 weights with bf16/fp16 activations as they are: the weight-only path (sm_80's FP8)
+  const bool weight_only = kind == cuda::ElemKind::e4m3 && (a.dtype == DType::bf16 || a.dtype == DType::f16);
   cuda::GemmParams p{};
+  const int64_t M = a.shape.size() == 2 ? a.shape[0] : 0, N = w.shape[0], Kp = w.shape[1];
+  if (weight_only) {
+    a.expect_rank(2);
+    a.expect_inner_contiguous();
+    ILLADA_CHECK(a.shape[1] <= Kp && a.shape[1] + 32 > Kp,
+                 "a: K (" << a.shape[1] << ") must match the weight's padded K (" << Kp << ")");
+    ILLADA_CHECK(a.shape[0] <= 1 || a.strides[0] % 8 == 0, "a: the row stride must be a multiple of 8 elements");
+    a.expect_aligned(16);
+    p.weight_only = true;
+    p.a_type = a.dtype == DType::bf16 ? cuda::InType::bf16 : cuda::InType::f16;
+    p.K = static_cast<int>(a.shape[1]);
+  } else {
+    expect_bytes_matrix(a, kind);
+    w.expect_dim(1, a.shape[1], "a.shape[1]");
+  }
+  ILLADA_CHECK(Kp % 32 == 0, "w: K must be padded to a multiple of 32, got " << Kp);
+  ILLADA_CHECK(M < (int64_t(1) << 31) && N < (int64_t(1) << 31) && Kp < (int64_t(1) << 31), "a/w: too large");
+  if (!weight_only) {  // the weight-only path has no activation scale
+    as = view(a_scale_, "a_scale", true);
+    as.expect_dtype({DType::f32});
+    as.expect_rank(1);
+    as.expect_dim(0, M, "a.shape[0]");
+    as.expect_contiguous();
+  }
+  ws.expect_dtype({DType::f32});
   if (w_scale_kind == "channel") {
     ws.expect_rank(1);
     ws.expect_dim(0, N, "w.shape[0]");
@@ -114,14 +132,15 @@ void gemm(const std::string& kind_, py::handle a_, py::handle w_, py::handle a_s
                  "counters: expected at least " << cuda::gemm_counters(static_cast<int>(M), static_cast<int>(N))
                                                 << " ints (one per output tile), got " << cnt.numel());
   }
-  for (auto* t : {&a, &w, &as, &ws, &out}) t->expect_kernel_device(device);
+  for (auto* t : {&a, &w, &ws, &out}) t->expect_kernel_device(device);
+  if (as.data) as.expect_kernel_device(device);
   for (auto* t : {&wsp, &cnt})
     if (t->data) t->expect_kernel_device(device);
   p.kind = kind;
-  p.a = a.data, p.lda = a.strides[0];
+  p.a = a.data, p.lda = a.strides[0] * (weight_only ? 2 : 1);
   p.w = w.data, p.ldw = w.strides[0];
   p.M = static_cast<int>(M), p.N = static_cast<int>(N), p.Kp = static_cast<int>(Kp);
-  p.a_scale = as.ptr<float>();
+  p.a_scale = as.data ? as.ptr<float>() : nullptr;
   p.w_scale = ws.ptr<float>();
   p.out = out.data;
   p.out_type = out.dtype == DType::f32 ? cuda::OutType::f32 : out.dtype == DType::bf16 ? cuda::OutType::bf16
@@ -153,7 +172,8 @@ max|x|/448, saturating), scale [M] float32.)doc");
         py::arg("counters") = py::none(), py::arg("stream") = 0, py::arg("device") = 0,
         R"doc(out [M, N] = float(a [M, Kp] . w [N, Kp]^T) * a_scale[m] * w_scale (channel [N], tensor [1], or block128
 [ceil(N/128), ceil(K/128)] applied per 128-wide K slice, e4m3 only); kind 's8' (int8 operands, int32 accumulation) or
-'e4m3' (uint8 views of e4m3, fp32 accumulation, sm_89+). splits: K splits (0: automatic); more than one needs
+'e4m3' (uint8 views of e4m3, fp32 accumulation, sm_89+; with a bf16/fp16 [M, K] `a` the weight-only path,
+a_scale unused: what sm_80 runs). splits: K splits (0: automatic); more than one needs
 workspace (uint8, gemm_workspace_bytes) and counters (int32 zeros, gemm_counters; left zero).)doc");
   m.def("gemm_splits", &cuda::gemm_splits, py::arg("M"), py::arg("N"), py::arg("Kp"), py::arg("sms"),
         "The K splits the launcher picks for this shape on a GPU with `sms` multiprocessors.");

@@ -41,8 +41,11 @@ struct QuantizeRowsParams {
 
 struct GemmParams {
   ElemKind kind;
-  const void* a;          // [M, Kp] quantized activations (bytes), row stride lda (bytes)
-  int64_t lda;
+  const void* a;          // [M, Kp] quantized activations (bytes), row stride lda (bytes); FP8 weight-only: the
+  int64_t lda;            //   bf16/fp16 activations [M, K] as they are, row stride lda (bytes, a multiple of 16)
+  bool weight_only;       // e4m3 only: activations stay 16-bit, weights widened in registers (sm_80's FP8 path)
+  InType a_type;          // weight-only: bf16 or f16
+  int K;                  // weight-only: the activations' K (<= Kp); elements past it are read as zero
   const void* w;          // [N, Kp] quantized weight (bytes), row stride ldw (bytes), zero-padded beyond K
   int64_t ldw;
   int M, N, Kp;           // Kp a multiple of 32
@@ -64,6 +67,8 @@ int gemm_splits(int M, int N, int Kp, int sms);
 int64_t gemm_workspace_bytes(int M, int N, int splits);
 int64_t gemm_counters(int M, int N);
 
+// FP8 weight-only (e4m3 weights, 16-bit activations, mma.sync m16n8k16): what gemm_quantized runs for e4m3 on GPUs
+// before sm_89, or when asked (weight_only).
 std::string quantize_rows(const QuantizeRowsParams& p, void* stream);
 std::string gemm_quantized(const GemmParams& p, void* stream);
 

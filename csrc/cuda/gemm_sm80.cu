@@ -60,50 +60,6 @@ __global__ void __launch_bounds__(kQuantThreads) quantize_rows_kernel(const Quan
   }
 }
 
-// Copy one K stage (kBK bytes of kBM rows of A and kBN rows of W) into shared memory; rows past M/N and bytes
-// past Kp are zero-filled.
-__device__ __forceinline__ void load_stage(unsigned char* sa, unsigned char* sb, const GemmParams& p, int m0, int n0,
-                                           int k0) {
-  constexpr int kChunksPerRow = kBK / 16;
-  for (int c = threadIdx.x; c < kBM * kChunksPerRow; c += kThreads) {
-    const int r = c / kChunksPerRow, col = (c % kChunksPerRow) * 16;
-    const bool ok = m0 + r < p.M && k0 + col < p.Kp;
-    const unsigned char* src = static_cast<const unsigned char*>(p.a) + (ok ? (m0 + r) * p.lda + k0 + col : 0);
-    cp_async_16(sa + r * kStride + col, src, ok);
-  }
-  for (int c = threadIdx.x; c < kBN * kChunksPerRow; c += kThreads) {
-    const int r = c / kChunksPerRow, col = (c % kChunksPerRow) * 16;
-    const bool ok = n0 + r < p.N && k0 + col < p.Kp;
-    const unsigned char* src = static_cast<const unsigned char*>(p.w) + (ok ? (n0 + r) * p.ldw + k0 + col : 0);
-    cp_async_16(sb + r * kStride + col, src, ok);
-  }
-}
-
-// acc[mi][ni] += the warp's 32 x 32 block of A . W^T over one stage (two k32 steps).
-template <ElemKind Kind, typename Acc>
-__device__ __forceinline__ void compute_stage(Acc (&acc)[2][4][4], const unsigned char* sa, const unsigned char* sb,
-                                              int wm, int wn, int lane) {
-#pragma unroll
-  for (int ks = 0; ks < kBK / 32; ++ks) {
-    unsigned af[2][4], bf[2][4];
-#pragma unroll
-    for (int mi = 0; mi < 2; ++mi)
-      ldmatrix_x4(af[mi], sa + (wm * 32 + mi * 16 + (lane & 15)) * kStride + ks * 32 + (lane >> 4) * 16);
-#pragma unroll
-    for (int nj = 0; nj < 2; ++nj)
-      ldmatrix_x4(bf[nj], sb + (wn * 32 + nj * 16 + (lane & 7) + ((lane >> 4) << 3)) * kStride + ks * 32 +
-                              ((lane >> 3) & 1) * 16);
-#pragma unroll
-    for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-      for (int ni = 0; ni < 4; ++ni) {
-        const unsigned b0 = bf[ni / 2][(ni % 2) * 2], b1 = bf[ni / 2][(ni % 2) * 2 + 1];
-        if constexpr (Kind == ElemKind::s8) mma_16832_s8(acc[mi][ni], af[mi], b0, b1);
-        else mma_16832_e4m3(acc[mi][ni], af[mi], b0, b1);
-      }
-  }
-}
-
 // f(mi, ni, i, r, c) for each of a thread's 32 accumulators: tile mi/ni, element i, at row r / column c of the
 // CTA's 64 x 64 tile (the C fragment layout: rows g and g + 8, columns 2t and 2t + 1 of each 16 x 8 tile).
 template <typename F>
@@ -117,6 +73,123 @@ __device__ __forceinline__ void for_each_acc(int wm, int wn, int lane, F&& f) {
       for (int i = 0; i < 4; ++i) f(mi, ni, i, wm * 32 + mi * 16 + g + (i >= 2 ? 8 : 0), wn * 32 + ni * 8 + 2 * t + (i & 1));
 }
 
+// Copy kBN rows x kBK bytes of the weight (bytes k0.., rows n0..) into shared memory (row stride kStride); rows
+// past N and bytes past Kp are zero-filled.
+__device__ __forceinline__ void load_weight_stage(unsigned char* sb, const GemmParams& p, int n0, int k0) {
+  constexpr int kChunksPerRow = kBK / 16;
+  for (int c = threadIdx.x; c < kBN * kChunksPerRow; c += kThreads) {
+    const int r = c / kChunksPerRow, col = (c % kChunksPerRow) * 16;
+    const bool ok = n0 + r < p.N && k0 + col < p.Kp;
+    const unsigned char* src = static_cast<const unsigned char*>(p.w) + (ok ? (n0 + r) * p.ldw + k0 + col : 0);
+    cp_async_16(sb + r * kStride + col, src, ok);
+  }
+}
+
+// W8A8 mainloop (int8 or e4m3 on both sides): a stage is kBK bytes of K for kBM rows of A and kBN rows of W.
+template <ElemKind Kind>
+struct W8A8 {
+  using Acc = typename std::conditional<Kind == ElemKind::s8, int, float>::type;
+  static constexpr bool kActivationScale = true;
+  static constexpr int kStageBytes = (kBM + kBN) * kStride;
+
+  static __device__ __forceinline__ void load_stage(unsigned char* stage, const GemmParams& p, int m0, int n0,
+                                                    int kt) {
+    constexpr int kChunksPerRow = kBK / 16;
+    const int k0 = kt * kBK;
+    for (int c = threadIdx.x; c < kBM * kChunksPerRow; c += kThreads) {
+      const int r = c / kChunksPerRow, col = (c % kChunksPerRow) * 16;
+      const bool ok = m0 + r < p.M && k0 + col < p.Kp;
+      const unsigned char* src = static_cast<const unsigned char*>(p.a) + (ok ? (m0 + r) * p.lda + k0 + col : 0);
+      cp_async_16(stage + r * kStride + col, src, ok);
+    }
+    load_weight_stage(stage + kBM * kStride, p, n0, k0);
+  }
+
+  // acc[mi][ni] += the warp's 32 x 32 block of A . W^T over one stage (two k32 steps).
+  static __device__ __forceinline__ void compute_stage(Acc (&acc)[2][4][4], const unsigned char* stage, int wm,
+                                                       int wn, int lane) {
+    const unsigned char* sa = stage;
+    const unsigned char* sb = stage + kBM * kStride;
+#pragma unroll
+    for (int ks = 0; ks < kBK / 32; ++ks) {
+      unsigned af[2][4], bf[2][4];
+#pragma unroll
+      for (int mi = 0; mi < 2; ++mi)
+        ldmatrix_x4(af[mi], sa + (wm * 32 + mi * 16 + (lane & 15)) * kStride + ks * 32 + (lane >> 4) * 16);
+#pragma unroll
+      for (int nj = 0; nj < 2; ++nj)
+        ldmatrix_x4(bf[nj], sb + (wn * 32 + nj * 16 + (lane & 7) + ((lane >> 4) << 3)) * kStride + ks * 32 +
+                                ((lane >> 3) & 1) * 16);
+#pragma unroll
+      for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < 4; ++ni) {
+          const unsigned b0 = bf[ni / 2][(ni % 2) * 2], b1 = bf[ni / 2][(ni % 2) * 2 + 1];
+          if constexpr (Kind == ElemKind::s8) mma_16832_s8(acc[mi][ni], af[mi], b0, b1);
+          else mma_16832_e4m3(acc[mi][ni], af[mi], b0, b1);
+        }
+    }
+  }
+};
+
+// e4m3 -> float, exact (every e4m3 value is a bf16 and an fp16 value too); 0x7f / 0xff are NaN.
+__device__ __forceinline__ float e4m3_to_float(unsigned v) {
+  const unsigned e = (v >> 3) & 15u, m = v & 7u;
+  float f;
+  if (e == 15u && m == 7u) f = __uint_as_float(0x7fc00000u);
+  else if (e == 0u) f = static_cast<float>(m) * 0.001953125f;  // m * 2^-9
+  else f = __uint_as_float(((e + 120u) << 23) | (m << 20));
+  return (v & 0x80u) ? -f : f;
+}
+
+// FP8 weight-only mainloop (sm_80, where mma.sync has no e4m3): bf16/fp16 activations as they are, the e4m3
+// weights widened to the activations' type in registers, mma.sync m16n8k16. A stage is kBK elements of K: kBK * 2
+// bytes of kBM activation rows (row stride kAStride) and kBK bytes of kBN weight rows.
+template <bool Bf16>
+struct F8W {
+  using Acc = float;
+  static constexpr bool kActivationScale = false;
+  static constexpr int kAStride = 2 * kBK + 16;
+  static constexpr int kStageBytes = kBM * kAStride + kBN * kStride;
+
+  static __device__ __forceinline__ void load_stage(unsigned char* stage, const GemmParams& p, int m0, int n0,
+                                                    int kt) {
+    constexpr int kChunksPerRow = 2 * kBK / 16;  // 8 elements per chunk
+    const int k0 = kt * kBK;
+    for (int c = threadIdx.x; c < kBM * kChunksPerRow; c += kThreads) {
+      const int r = c / kChunksPerRow, ke = k0 + (c % kChunksPerRow) * 8;
+      const int valid = m0 + r < p.M ? (p.K - ke >= 8 ? 16 : (p.K - ke > 0 ? 2 * (p.K - ke) : 0)) : 0;
+      const unsigned char* src =
+          static_cast<const unsigned char*>(p.a) + (valid ? (m0 + r) * p.lda + 2 * static_cast<int64_t>(ke) : 0);
+      cp_async_16_bytes(stage + r * kAStride + (c % kChunksPerRow) * 16, src, valid);
+    }
+    load_weight_stage(stage + kBM * kAStride, p, n0, k0);
+  }
+
+  static __device__ __forceinline__ void compute_stage(float (&acc)[2][4][4], const unsigned char* stage, int wm,
+                                                       int wn, int lane) {
+    const unsigned char* sa = stage;
+    const unsigned char* sb = stage + kBM * kAStride;
+    const int g = lane / 4, t = lane % 4;
+#pragma unroll
+    for (int ks = 0; ks < kBK / 16; ++ks) {
+      unsigned af[2][4];
+#pragma unroll
+      for (int mi = 0; mi < 2; ++mi)
+        ldmatrix_x4(af[mi], sa + (wm * 32 + mi * 16 + (lane & 15)) * kAStride + (ks * 16 + (lane >> 4) * 8) * 2);
+#pragma unroll
+      for (int ni = 0; ni < 4; ++ni) {
+        // B fragment: k = 2t, 2t+1 (b0) and 2t+8, 2t+9 (b1) of column n = g: bytes of the weight's row n
+        const unsigned char* wrow = sb + (wn * 32 + ni * 8 + g) * kStride + ks * 16 + 2 * t;
+        const unsigned b0 = pack2<Bf16>(e4m3_to_float(wrow[0]), e4m3_to_float(wrow[1]));
+        const unsigned b1 = pack2<Bf16>(e4m3_to_float(wrow[8]), e4m3_to_float(wrow[9]));
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi) mma_16816<Bf16>(acc[mi][ni], af[mi], b0, b1);
+      }
+    }
+  }
+};
+
 __device__ __forceinline__ void store_out(const GemmParams& p, int row, int col, float v) {
   const int64_t o = static_cast<int64_t>(row) * p.ldo + col;
   switch (p.out_type) {
@@ -126,15 +199,14 @@ __device__ __forceinline__ void store_out(const GemmParams& p, int row, int col,
   }
 }
 
-template <ElemKind Kind>
+template <class Main>
 __global__ void __launch_bounds__(kThreads) gemm_kernel(const GemmParams p) {
-  using Acc = typename std::conditional<Kind == ElemKind::s8, int, float>::type;
-  ILLADA_SHARED(unsigned char[2][kBM * kStride], sa);
-  ILLADA_SHARED(unsigned char[2][kBN * kStride], sb);
+  using Acc = typename Main::Acc;
+  ILLADA_SHARED(unsigned char[2][Main::kStageBytes], smem);
   ILLADA_SHARED(int, last_split);
   const int n0 = blockIdx.x * kBN, m0 = blockIdx.y * kBM, split = blockIdx.z, splits = gridDim.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, wm = warp / 2, wn = warp % 2;
-  const bool block128 = Kind == ElemKind::e4m3 && p.w_scale_kind == 2;
+  const bool block128 = p.w_scale_kind == 2;
 
   const int k_tiles = (p.Kp + kBK - 1) / kBK;
   const int kt0 = static_cast<int>(static_cast<int64_t>(k_tiles) * split / splits);
@@ -143,16 +215,16 @@ __global__ void __launch_bounds__(kThreads) gemm_kernel(const GemmParams p) {
   Acc acc[2][4][4], part[2][4][4];
   for_each_acc(wm, wn, lane, [&](int mi, int ni, int i, int, int) { acc[mi][ni][i] = part[mi][ni][i] = 0; });
 
-  if (kt0 < kt1) load_stage(sa[0], sb[0], p, m0, n0, kt0 * kBK);
+  if (kt0 < kt1) Main::load_stage(smem[0], p, m0, n0, kt0);
   cp_async_commit();
   for (int kt = kt0; kt < kt1; ++kt) {
     const int buf = (kt - kt0) & 1;
-    if (kt + 1 < kt1) load_stage(sa[buf ^ 1], sb[buf ^ 1], p, m0, n0, (kt + 1) * kBK);
+    if (kt + 1 < kt1) Main::load_stage(smem[buf ^ 1], p, m0, n0, kt + 1);
     cp_async_commit();  // an empty group on the last stage keeps the wait count uniform
     cp_async_wait<1>();
     __syncthreads();
     if (block128) {
-      compute_stage<Kind>(part, sa[buf], sb[buf], wm, wn, lane);
+      Main::compute_stage(part, smem[buf], wm, wn, lane);
       // the end of a 128-wide K block (or of this split's range): scale the slice by its block's weight scale
       if ((kt & 1) || kt + 1 == kt1) {
         const float s = p.w_scale[(n0 / 128) * p.w_scale_ld + kt / 2];
@@ -162,7 +234,7 @@ __global__ void __launch_bounds__(kThreads) gemm_kernel(const GemmParams p) {
         });
       }
     } else {
-      compute_stage<Kind>(acc, sa[buf], sb[buf], wm, wn, lane);
+      Main::compute_stage(acc, smem[buf], wm, wn, lane);
     }
     __syncthreads();  // everyone is done with `buf` before the next stage's copies overwrite it
   }
@@ -188,7 +260,7 @@ __global__ void __launch_bounds__(kThreads) gemm_kernel(const GemmParams p) {
       Acc sum = 0;
       for (int s = 0; s < splits; ++s) {
         const Acc v = __ldcg(&ws[static_cast<int64_t>(s) * kBM * kBN + r * kBN + c]);
-        if constexpr (Kind == ElemKind::s8) sum += v;
+        if constexpr (std::is_same<Acc, int>::value) sum += v;
         else sum = __fadd_rn(sum, v);
       }
       acc[mi][ni][i] = sum;
@@ -199,7 +271,8 @@ __global__ void __launch_bounds__(kThreads) gemm_kernel(const GemmParams p) {
   for_each_acc(wm, wn, lane, [&](int mi, int ni, int i, int r, int c) {
     const int row = m0 + r, col = n0 + c;
     if (row >= p.M || col >= p.N) return;
-    float v = __fmul_rn(static_cast<float>(acc[mi][ni][i]), p.a_scale[row]);
+    float v = static_cast<float>(acc[mi][ni][i]);
+    if constexpr (Main::kActivationScale) v = __fmul_rn(v, p.a_scale[row]);
     if (!block128) v = __fmul_rn(v, p.w_scale[p.w_scale_kind == 1 ? 0 : col]);
     store_out(p, row, col, v);
   });
@@ -261,8 +334,10 @@ std::string gemm_quantized(const GemmParams& p_in, void* stream) {
   if (p.M == 0 || p.N == 0) return {};
   if (p.Kp % 32 != 0) return "gemm: Kp must be a multiple of 32 (pad K at pack time)";
   if (p.kind == ElemKind::s8 && p.w_scale_kind == 2) return "gemm: block128 weight scales are for e4m3 only";
-  if (p.kind == ElemKind::e4m3 && device_cc() < 89)
-    return "gemm: the e4m3 tensor-core GEMM needs sm_89 or newer (this GPU: sm_" + std::to_string(device_cc()) + ")";
+  if (p.kind == ElemKind::s8 && p.weight_only) return "gemm: weight-only is the FP8 path (e4m3 weights)";
+  if (p.kind == ElemKind::e4m3 && device_cc() < 89) p.weight_only = true;  // no e4m3 mma.sync before sm_89
+  if (p.weight_only && (p.K <= 0 || p.K > p.Kp || p.lda % 16 != 0 || p.a_type == InType::f32))
+    return "gemm: weight-only needs bf16/fp16 activations with K <= Kp and 16-byte row strides";
   if (p.splits <= 0) p.splits = gemm_splits(p.M, p.N, p.Kp, device_sms());
   const int k_tiles = (p.Kp + kBK - 1) / kBK;
   if (p.splits > kMaxSplits || p.splits > k_tiles) return "gemm: splits must be in [1, min(16, Kp / 64)]";
@@ -271,9 +346,13 @@ std::string gemm_quantized(const GemmParams& p_in, void* stream) {
   if (grid.y > 65535) return "gemm: M too large";
   auto s = static_cast<cudaStream_t>(stream);
   if (p.kind == ElemKind::s8) {
-    ILLADA_LAUNCH("gemm_w8a8", gemm_kernel<ElemKind::s8>, grid, kThreads, 0, s)(p);
+    ILLADA_LAUNCH("gemm_w8a8", gemm_kernel<W8A8<ElemKind::s8>>, grid, kThreads, 0, s)(p);
+  } else if (!p.weight_only) {
+    ILLADA_LAUNCH("gemm_fp8", gemm_kernel<W8A8<ElemKind::e4m3>>, grid, kThreads, 0, s)(p);
+  } else if (p.a_type == InType::bf16) {
+    ILLADA_LAUNCH("gemm_fp8", gemm_kernel<F8W<true>>, grid, kThreads, 0, s)(p);
   } else {
-    ILLADA_LAUNCH("gemm_fp8", gemm_kernel<ElemKind::e4m3>, grid, kThreads, 0, s)(p);
+    ILLADA_LAUNCH("gemm_fp8", gemm_kernel<F8W<false>>, grid, kThreads, 0, s)(p);
   }
   const cudaError_t err = cudaGetLastError();
   return err == cudaSuccess ? std::string() : std::string("gemm: ") + cudaGetErrorString(err);

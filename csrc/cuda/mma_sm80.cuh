@@ -33,6 +33,15 @@ __device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, bool p
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(src_bytes));
 #endif
 }
+// 16 bytes global -> shared bypassing L1, reading only the first src_bytes (0..16) and zero-filling the rest.
+__device__ __forceinline__ void cp_async_16_bytes(void* smem, const void* gmem, int src_bytes ILLADA_SITE) {
+#ifdef ILLADA_CUDA_EMU
+  ::cuda_emu::ptx::cp_async(smem, gmem, 16, src_bytes, true, site);
+#else
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(src_bytes));
+#endif
+}
 // Bytes (4, 8 or 16) global -> shared through L1 (cp.async.ca); src_bytes < Bytes zero-fills the rest.
 template <int Bytes>
 __device__ __forceinline__ void cp_async_ca(void* smem, const void* gmem, int src_bytes ILLADA_SITE) {

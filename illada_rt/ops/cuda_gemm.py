@@ -100,9 +100,17 @@ def quantize_rows(x: torch.Tensor, kind: str, Kp: int | None = None) -> tuple[to
     return q, scale
 
 
-def linear(x: torch.Tensor, w: GemmWeight, out_dtype: torch.dtype | None = None, splits: int | None = None) -> torch.Tensor:
+def fp8_weight_only(device: torch.device) -> bool:
+    """Whether e4m3 weights run weight-only here (16-bit activations, weights widened in registers): GPUs before
+    sm_89 have no e4m3 mma.sync. The emulator models an sm_90 GPU (W8A8 FP8) unless told otherwise."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 9)
+
+
+def linear(x: torch.Tensor, w: GemmWeight, out_dtype: torch.dtype | None = None, splits: int | None = None,
+           weight_only: bool | None = None) -> torch.Tensor:
     """x [..., K] float32/bfloat16/float16 -> [..., N] in out_dtype (default x's): activations quantized per token,
-    the quantized GEMM with the scales applied in its epilogue."""
+    the quantized GEMM with the scales applied in its epilogue. For e4m3 weights with `weight_only` (default: on GPUs
+    before sm_89) the activations stay 16-bit and the weights are widened in registers instead."""
     if x.shape[-1] != w.K:
         raise ValueError(f"x: last dimension {x.shape[-1]} does not match the weight's K = {w.K}")
     if x.device != w.q.device:
@@ -113,10 +121,22 @@ def linear(x: torch.Tensor, w: GemmWeight, out_dtype: torch.dtype | None = None,
         x2 = x2.contiguous().to(torch.float32 if x2.dtype not in (torch.bfloat16, torch.float16) else x2.dtype)
     M, Kp = x2.shape[0], w.q.shape[1]
     mod = _cuda._module(x.device)
-    q, xs = quantize_rows(x2, w.kind, Kp)
+    if weight_only is None:
+        weight_only = w.kind == "e4m3" and fp8_weight_only(x.device)
+    if weight_only:
+        if w.kind != "e4m3":
+            raise ValueError("weight_only: the weight-only path is for e4m3 weights")
+        a = x2 if x2.dtype in (torch.bfloat16, torch.float16) else x2.to(torch.bfloat16)
+        if (M > 1 and a.stride(0) % 8) or a.data_ptr() % 16:  # the kernel's 16-byte row loads: a padded copy
+            buf = torch.zeros(M, (w.K + 7) // 8 * 8, dtype=a.dtype, device=a.device)
+            buf[:, :w.K] = a
+            a = buf[:, :w.K]
+        xs = None
+    else:
+        a, xs = quantize_rows(x2, w.kind, Kp)
     out = torch.empty(M, w.N, dtype=out_dtype, device=x.device)
     with _cuda._OnDevice(x.device) as (stream, index):
         n_splits = splits if splits else mod.gemm_splits(M, w.N, Kp, _sms(x.device))
         ws, cnt = _workspace(x.device, stream, mod.gemm_workspace_bytes(M, w.N, n_splits), mod.gemm_counters(M, w.N))
-        mod.gemm(w.kind, q, w.q, xs, w.scale, w.scale_kind, out, n_splits, ws, cnt, stream, index)
+        mod.gemm(w.kind, a, w.q, xs, w.scale, w.scale_kind, out, n_splits, ws, cnt, stream, index)
     return out.reshape(*x.shape[:-1], w.N)
