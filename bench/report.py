@@ -56,7 +56,7 @@ def table(rows: list[dict]) -> str:
     peaks = next((r["peaks"] for r in rows if r.get("peaks")), None)
     if peaks:
         lines.append("")
-        lines.append("Peaks (measured, register-only loops): " + ", ".join(f"{k} {v}" for k, v in peaks.items()))
+        lines.append("Peaks (measured in the same run): " + ", ".join(f"{k} {v}" for k, v in peaks.items()))
     return "\n".join(lines)
 
 

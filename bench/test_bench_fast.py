@@ -1,7 +1,12 @@
 """End-to-end decoding policies side by side: exact (LLaDA reference schedule), threshold 0.9, prefix cache and
 dual cache (with and without threshold), the same on an int8 (W8A8) copy of the model made by the quantize tool,
-and the PyTorch-eager exact baseline (LLaDA's loop over the full canvas, bf16). Prompt 64, gen 128, 64 steps,
-block 32. Each result records tokens/s, NFE and the ratio to the eager baseline's time in extra_info.
+and two peers in eager PyTorch: LLaDA's loop over the full canvas (bf16), and a Fast-dLLM-style dual cache (the same
+decoding loop with every compiled kernel off: PyTorch's GEMMs and SDPA). Prompt 64, gen 128, 64 steps, block 32.
+
+Each result records tokens/s, NFE, the job's GEMM and attention FLOPs (counted in an untimed run: bench/roofline.py)
+and the roofline: the time those FLOPs take at this machine's measured bf16 / int8 GEMM rates. report.py prints
+GOP/s, '% peak' (the roofline fraction) and the ratio to the policy's peer (exact -> LLaDA's loop, caches -> the
+eager dual cache).
 
     ILLADA_BENCH_MODEL=176m pytest bench/test_bench_fast.py --benchmark-columns=median,rounds \
         --benchmark-json=bench-fast.json
@@ -10,11 +15,13 @@ import pytest
 import torch
 
 import illada_rt
+from roofline import count_flops, gemm_peaks, roofline
 from test_bench_decode import reference_loop
 
 PROMPT, GEN, STEPS, BLOCK = 64, 128, 64, 32
 POLICIES = {
     "eager_reference": None,
+    "eager_dual": dict(cache="dual"),
     "exact": dict(),
     "threshold0.9": dict(threshold=0.9),
     "prefix": dict(cache="prefix"),
@@ -41,17 +48,53 @@ def test_policy(benchmark, models, policy, monkeypatch):
     model = models["int8" if policy.endswith("_int8") else "bf16"]
     prompt = torch.randint(1, model.config.vocab_size - 1, (1, PROMPT), generator=torch.Generator().manual_seed(0))
     kw = POLICIES[policy]
+    if policy.startswith("eager"):
+        monkeypatch.setenv("ILLADA_RT_KERNELS", "reference")  # the peers are plain PyTorch, no compiled kernel
     if kw is None:
-        monkeypatch.setenv("ILLADA_RT_KERNELS", "reference")  # the baseline is plain PyTorch, no compiled kernel
-        out = benchmark.pedantic(lambda: reference_loop(model, prompt, GEN, STEPS, BLOCK), rounds=1, iterations=1)
-        nfe = STEPS
+        job = lambda: reference_loop(model, prompt, GEN, STEPS, BLOCK)  # noqa: E731
     else:
-        g = benchmark.pedantic(lambda: model.generate(prompt, gen_length=GEN, steps=STEPS, block_length=BLOCK, **kw),
-                               rounds=1, iterations=1)
-        out, nfe = g.tokens, g.nfe
+        job = lambda: model.generate(prompt, gen_length=GEN, steps=STEPS, block_length=BLOCK, **kw)  # noqa: E731
+    with count_flops() as flops:  # an untimed run of the same job
+        job()
+    result = benchmark.pedantic(job, rounds=1, iterations=1)
+    out, nfe = (result, STEPS) if kw is None else (result.tokens, result.nfe)
     assert not bool((out[:, PROMPT:] == model.mask_token_id).any())
     seconds = benchmark.stats.stats.median if benchmark.stats else float("nan")
     _TIMES[policy] = seconds
     base = _TIMES.get("eager_reference")
-    benchmark.extra_info.update(nfe=nfe, tokens_per_s=GEN / seconds if seconds else None,
+    int8 = policy.endswith("_int8")
+    peaks = gemm_peaks(torch.get_num_threads())
+    roof = roofline(flops, peaks, int8)
+    peer = "eager_dual" if ("prefix" in policy or "dual" in policy) and policy != "eager_dual" else "eager_reference"
+    benchmark.extra_info.update(op="decode", group=f"prompt {PROMPT}, gen {GEN}, {STEPS} steps, block {BLOCK}",
+                                impl=policy, baseline=peer, flops=flops["gemm"] + flops["attention"],
+                                gemm_flops=flops["gemm"], attention_flops=flops["attention"], peak_kind="roofline",
+                                peaks={**peaks, "roofline_gops": roof["roofline_gops"]},
+                                roofline_fraction=roof["roofline_s"] / seconds if seconds else None,
+                                nfe=nfe, tokens_per_s=GEN / seconds if seconds else None,
                                 vs_eager=base / seconds if base and seconds else None)
+
+
+def test_flop_count_of_one_forward(models):
+    """The counter against FLOPs written out from the config: every layer's projections and MLP on all T tokens,
+    attention over T x T, the LM head on the rows asked for."""
+    m = models["bf16"]
+    cfg = m.config
+    B, T, rows = 2, 50, 7
+    d, H, Hkv, L, F, V = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.n_layers, cfg.mlp_hidden_size, cfg.embedding_size
+    D = d // H
+    ids = torch.randint(1, cfg.vocab_size - 1, (B, T), generator=torch.Generator().manual_seed(1))
+    with count_flops() as flops:
+        m.transformer.forward(ids, logits_from=T - rows)
+    per_token = 2 * (d * (H * D) + 2 * d * (Hkv * D) + (H * D) * d + 3 * d * F)
+    assert flops["gemm"] == L * B * T * per_token + 2 * B * rows * d * V
+    assert flops["attention"] == L * 4 * B * H * T * T * D
+    # a dual-cache step: 16 columns against all T cached keys
+    from illada_rt.model import KVCache
+
+    cache = KVCache(L)
+    m.transformer.forward(ids, cache=cache)
+    with count_flops() as step:
+        m.transformer.forward(ids[:, 20:36], cache=cache, cache_from=20)
+    assert step["attention"] == L * 4 * B * H * 16 * T * D
+    assert step["gemm"] == L * B * 16 * per_token + 2 * B * 16 * d * V

@@ -1,0 +1,71 @@
+"""Roofline accounting for end-to-end decoding benches (issue 14): the job's FLOPs, counted while it runs, and the
+time they would take at this machine's measured GEMM rates.
+
+- FLOPs are counted by wrapping the model's linear (2 M N K for every GEMM, the LM head included, on the rows it
+  runs on) and ops.attention (4 B Hq Tq Tk D: scores and P.V), during one untimed run of the same decode.
+- Peaks are measured in the same run at a large shape: PyTorch's bf16 matmul and torch._int_mm (M = 1024,
+  K = N = 4096), the rates a user's PyTorch reaches on this CPU (oneDNN; AMX where the CPU has it).
+- The roofline time of a job is gemm_flops / gemm_peak + attention_flops / bf16_peak, the GEMM peak being the
+  int8 one for W8A8 models; the roofline fraction is that time over the measured one.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import time
+
+import torch
+
+from illada_rt import model as model_mod
+from illada_rt import ops
+
+
+@contextlib.contextmanager
+def count_flops():
+    """Yields a dict {"gemm": flops, "attention": flops} filled while the block runs."""
+    counts = {"gemm": 0, "attention": 0}
+    real_linear, real_attention = model_mod.linear, ops.attention
+
+    def linear(x, w):
+        N, K = (w.shape if isinstance(w, torch.Tensor) else w.shape)
+        counts["gemm"] += 2 * (x.numel() // x.shape[-1]) * N * K
+        return real_linear(x, w)
+
+    def attention(q, k, v, key_mask=None):
+        B, H, Tq, D = q.shape
+        counts["attention"] += 4 * B * H * Tq * k.shape[2] * D
+        return real_attention(q, k, v, key_mask)
+
+    model_mod.linear, ops.attention = linear, attention
+    try:
+        yield counts
+    finally:
+        model_mod.linear, ops.attention = real_linear, real_attention
+
+
+@functools.lru_cache(maxsize=None)
+def gemm_peaks(threads: int) -> dict:
+    """GOP/s of PyTorch's bf16 matmul and torch._int_mm at M = 1024, K = N = 4096 on `threads` threads (best of 5)."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(1024, 4096).bfloat16(), torch.randn(4096, 4096).bfloat16()
+    ai, bi = torch.randint(-127, 128, (1024, 4096), dtype=torch.int8), torch.randint(-127, 128, (4096, 4096),
+                                                                                      dtype=torch.int8)
+
+    def best(fn):
+        fn()
+        times = []
+        for _ in range(5):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        return 2 * 1024 * 4096 * 4096 / min(times) / 1e9
+
+    return {"bf16_gemm_gops": round(best(lambda: a @ b), 1), "int8_gemm_gops": round(best(lambda: torch._int_mm(ai, bi)), 1)}
+
+
+def roofline(counts: dict, peaks: dict, int8: bool) -> dict:
+    """The job's roofline time (s) and its effective peak (GOP/s) for report.py's '% peak' column."""
+    gemm_peak = peaks["int8_gemm_gops" if int8 else "bf16_gemm_gops"] * 1e9
+    t = counts["gemm"] / gemm_peak + counts["attention"] / (peaks["bf16_gemm_gops"] * 1e9)
+    total = counts["gemm"] + counts["attention"]
+    return {"roofline_s": t, "roofline_gops": round(total / t / 1e9, 1) if t else None}
