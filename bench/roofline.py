@@ -63,6 +63,56 @@ def gemm_peaks(threads: int) -> dict:
     return {"bf16_gemm_gops": round(best(lambda: a @ b), 1), "int8_gemm_gops": round(best(lambda: torch._int_mm(ai, bi)), 1)}
 
 
+CATEGORIES = {"gemm": ("linear",), "attention": ("attention",),
+              "norms/activations/rope": ("rms_norm", "swiglu", "apply_rope", "rope_cos_sin"),
+              "sampling/selection": ("sample_tokens", "sample_greedy", "select_confident")}
+
+
+@contextlib.contextmanager
+def profile():
+    """Yields {category: seconds, ..., "gemm_flops": n, "calls": {op: n}} filled while the block runs: the time
+    spent inside the model's linears (GEMMs), ops.attention, the norms/activations/RoPE ops and sampling/selection
+    (CPU ops are synchronous, so wall time inside a call is the op's time). What the block takes beyond their sum is
+    Python and framework overhead (`python`, filled on exit)."""
+    out = {c: 0.0 for c in CATEGORIES}
+    out.update(gemm_flops=0, calls={})
+    patched = []
+    depth = [0]  # an op that calls another (sample_greedy -> sample_tokens) is timed once, as the outer one
+
+    def wrap(owner, name, category):
+        real = getattr(owner, name)
+
+        def timed(*a, **kw):
+            if depth[0]:
+                return real(*a, **kw)
+            depth[0] += 1
+            t = time.perf_counter()
+            try:
+                return real(*a, **kw)
+            finally:
+                depth[0] -= 1
+                out[category] += time.perf_counter() - t
+                out["calls"][name] = out["calls"].get(name, 0) + 1
+                if name == "linear":
+                    x, w = a[0], a[1]
+                    out["gemm_flops"] += 2 * (x.numel() // x.shape[-1]) * w.shape[0] * w.shape[1]
+        setattr(owner, name, timed)
+        patched.append((owner, name, real))
+
+    for category, names in CATEGORIES.items():
+        for name in names:
+            wrap(model_mod if name == "linear" else ops, name, category)
+    start = time.perf_counter()
+    try:
+        yield out
+    finally:
+        total = time.perf_counter() - start
+        for owner, name, real in reversed(patched):
+            setattr(owner, name, real)
+        out["total"] = total
+        out["python"] = total - sum(out[c] for c in CATEGORIES)
+
+
 def roofline(counts: dict, peaks: dict, int8: bool) -> dict:
     """The job's roofline time (s) and its effective peak (GOP/s) for report.py's '% peak' column."""
     gemm_peak = peaks["int8_gemm_gops" if int8 else "bf16_gemm_gops"] * 1e9

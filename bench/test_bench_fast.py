@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import illada_rt
-from roofline import count_flops, gemm_peaks, roofline
+from roofline import CATEGORIES, count_flops, gemm_peaks, profile, roofline
 from test_bench_decode import reference_loop
 
 PROMPT, GEN, STEPS, BLOCK = 64, 128, 64, 32
@@ -56,7 +56,7 @@ def test_policy(benchmark, models, policy, monkeypatch):
         job = lambda: model.generate(prompt, gen_length=GEN, steps=STEPS, block_length=BLOCK, **kw)  # noqa: E731
     with count_flops() as flops:  # an untimed run of the same job
         job()
-    result = benchmark.pedantic(job, rounds=1, iterations=1)
+    result = benchmark.pedantic(job, rounds=2, iterations=1)  # the counting run above was the warm-up
     out, nfe = (result, STEPS) if kw is None else (result.tokens, result.nfe)
     assert not bool((out[:, PROMPT:] == model.mask_token_id).any())
     seconds = benchmark.stats.stats.median if benchmark.stats else float("nan")
@@ -98,3 +98,19 @@ def test_flop_count_of_one_forward(models):
         m.transformer.forward(ids[:, 20:36], cache=cache, cache_from=20)
     assert step["attention"] == L * 4 * B * H * 16 * T * D
     assert step["gemm"] == L * B * 16 * per_token + 2 * B * 16 * d * V
+
+
+def test_profile_splits_a_decode_into_its_parts(models):
+    """The profile mode (bench/profile_decode.py): every category is timed, the parts add up to the total with the
+    Python rest non-negative, and the GEMM FLOPs it counts are the roofline counter's."""
+    m = models["bf16"]
+    prompt = torch.randint(1, m.config.vocab_size - 1, (1, 16), generator=torch.Generator().manual_seed(2))
+    kw = dict(gen_length=32, steps=8, block_length=16, cache="dual")
+    with count_flops() as flops:
+        m.generate(prompt, **kw)
+    with profile() as prof:
+        out = m.generate(prompt, **kw)
+    assert all(prof[c] > 0 for c in CATEGORIES) and prof["python"] >= 0
+    assert abs(sum(prof[c] for c in CATEGORIES) + prof["python"] - prof["total"]) < 1e-9
+    assert prof["gemm_flops"] == flops["gemm"]
+    assert prof["calls"]["attention"] == out.nfe * m.config.n_layers  # every layer of every forward
