@@ -185,6 +185,9 @@ def test_bad_arguments_are_named():
     w = cuda_gemm.pack_weight(_rand_int8(8, 40, seed=1), torch.ones(8), "channel", "cpu")
     with pytest.raises(ValueError, match="does not match the weight's K = 40"):
         cuda_gemm.linear(torch.randn(3, 41), w)
+    with pytest.raises(ValueError, match="out_dtype: the GEMM writes float32, bfloat16 or float16, got torch.int32"):
+        cuda_gemm.linear(torch.randn(3, 40), w, out_dtype=torch.int32)
+    assert cuda_gemm.linear(torch.randn(3, 40, dtype=torch.float64), w).dtype == torch.float32  # computed in fp32
     with pytest.raises(ValueError, match="granularity 'block128' has no s8"):
         cuda_gemm.pack_weight(_rand_int8(8, 40, seed=1), torch.ones(1, 1), "block128", "cpu")
     a = torch.zeros(3, 64, dtype=torch.int8)

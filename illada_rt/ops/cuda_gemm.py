@@ -108,14 +108,17 @@ def fp8_weight_only(device: torch.device) -> bool:
 
 def linear(x: torch.Tensor, w: GemmWeight, out_dtype: torch.dtype | None = None, splits: int | None = None,
            weight_only: bool | None = None) -> torch.Tensor:
-    """x [..., K] float32/bfloat16/float16 -> [..., N] in out_dtype (default x's): activations quantized per token,
+    """x [..., K] float -> [..., N] in out_dtype (default: x's dtype if 16-bit, else float32; float32, bfloat16 or
+    float16): activations quantized per token,
     the quantized GEMM with the scales applied in its epilogue. For e4m3 weights with `weight_only` (default: on GPUs
     before sm_89) the activations stay 16-bit and the weights are widened in registers instead."""
     if x.shape[-1] != w.K:
         raise ValueError(f"x: last dimension {x.shape[-1]} does not match the weight's K = {w.K}")
     if x.device != w.q.device:
         raise ValueError(f"x is on {x.device} but the weight is on {w.q.device}")
-    out_dtype = out_dtype or x.dtype
+    out_dtype = out_dtype or (x.dtype if x.dtype in (torch.bfloat16, torch.float16) else torch.float32)
+    if out_dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(f"out_dtype: the GEMM writes float32, bfloat16 or float16, got {out_dtype}")
     x2 = x.reshape(-1, w.K)
     if x2.stride(-1) != 1 or x2.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         x2 = x2.contiguous().to(torch.float32 if x2.dtype not in (torch.bfloat16, torch.float16) else x2.dtype)
