@@ -75,7 +75,7 @@ def profile():
     (CPU ops are synchronous, so wall time inside a call is the op's time). What the block takes beyond their sum is
     Python and framework overhead (`python`, filled on exit)."""
     out = {c: 0.0 for c in CATEGORIES}
-    out.update(gemm_flops=0, calls={})
+    out["calls"] = {}
     patched = []
     depth = [0]  # an op that calls another (sample_greedy -> sample_tokens) is timed once, as the outer one
 
@@ -93,24 +93,23 @@ def profile():
                 depth[0] -= 1
                 out[category] += time.perf_counter() - t
                 out["calls"][name] = out["calls"].get(name, 0) + 1
-                if name == "linear":
-                    x, w = a[0], a[1]
-                    out["gemm_flops"] += 2 * (x.numel() // x.shape[-1]) * w.shape[0] * w.shape[1]
         setattr(owner, name, timed)
         patched.append((owner, name, real))
 
-    for category, names in CATEGORIES.items():
-        for name in names:
-            wrap(model_mod if name == "linear" else ops, name, category)
-    start = time.perf_counter()
-    try:
-        yield out
-    finally:
-        total = time.perf_counter() - start
-        for owner, name, real in reversed(patched):
-            setattr(owner, name, real)
-        out["total"] = total
-        out["python"] = total - sum(out[c] for c in CATEGORIES)
+    with count_flops() as flops:  # the timers wrap the counters
+        for category, names in CATEGORIES.items():
+            for name in names:
+                wrap(model_mod if name == "linear" else ops, name, category)
+        start = time.perf_counter()
+        try:
+            yield out
+        finally:
+            total = time.perf_counter() - start
+            for owner, name, real in reversed(patched):
+                setattr(owner, name, real)
+            out["total"] = total
+            out["python"] = total - sum(out[c] for c in CATEGORIES)
+            out["gemm_flops"] = flops["gemm"]
 
 
 def roofline(counts: dict, peaks: dict, int8: bool) -> dict:

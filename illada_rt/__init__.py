@@ -76,8 +76,8 @@ def capabilities() -> dict:
         "gemm_w8a8": {"cpu": f"_C ({status['cpu']['isa'].replace('amx', 'avx512')})"
                       if status["_C"] and status["kernel_mode"] == "auto" else "reference",
                       "cuda": cuda["gemm_w8a8"].replace("reference", "dequantized + torch", 1)},
-        "gemm_fp8 (W8A8 e4m3 on sm_89+, weight-only before)": {"cpu": "-", "cuda": cuda["gemm_fp8"].replace("reference", "dequantized + torch",
-                                                                                   1)},
+        "gemm_fp8 (W8A8 e4m3 on sm_89+, weight-only before)": {
+            "cpu": "-", "cuda": cuda["gemm_fp8"].replace("reference", "dequantized + torch", 1)},
     }
     return status
 

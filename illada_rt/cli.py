@@ -101,38 +101,41 @@ def _quant_info(cfg, caps, compute_dtype) -> tuple[str | None, str | None]:
     the kernel is what QuantizedLinear picks when load() runs it on CPU in compute_dtype (quant.linear_kernel)."""
     import torch
 
-    from illada_rt.quant import linear_kernel, read_scheme
+    from illada_rt.quant import cuda_gemm_kernel, linear_kernel, read_scheme
 
     sch = read_scheme(cfg.raw)
     if sch is None:
         return None, None
     kernel = linear_kernel(sch.scheme, sch.granularity, torch.device("cpu"), compute_dtype)
-    cuda_kernel = "gemm_w8a8" if sch.scheme == "int8" and sch.granularity == "channel" else "gemm_fp8"
-    cuda_status = caps["cuda_kernels"].get(cuda_kernel, "")
+    cuda_kernel = cuda_gemm_kernel(sch.scheme, sch.granularity)
+    cuda_status = caps["cuda_kernels"].get(cuda_kernel, "") if cuda_kernel else ""
     compute = _dtype_name(compute_dtype)
     runs = {"w8a8": f"W8A8 kernel {caps['kernels']['gemm_w8a8']['cpu']}",
             "fp8w": f"FP8-weight kernel {caps['kernels']['gemm_fp8w']['cpu']}",
             "dequantized": f"weights dequantized to {compute} at load (torch GEMMs)"}[kernel]
     acts = "int8, dynamic per token" if kernel == "w8a8" else f"{compute} (weight-only)"
     ignore = f", {len(sch.ignore)} weights left unquantized" if sch.ignore else ""
-    on_cuda = (f"the {cuda_kernel} GEMM with weights kept quantized ({cuda_status})"
-               + (" (W8A8 e4m3 on sm_89+, weight-only before)" if cuda_kernel == "gemm_fp8" else "")
-               if cuda_status.startswith("_C_cuda") or "self-check" in cuda_status
-               else f"weights dequantized at load ({cuda_status or 'no CUDA kernel'})")
+    fp8 = " (W8A8 e4m3 on sm_89+, weight-only before)" if cuda_kernel == "gemm_fp8" else ""
+    if cuda_kernel is None:
+        on_cuda = "weights dequantized at load (no CUDA GEMM for this scheme)"
+    elif cuda_status.startswith("_C_cuda"):
+        on_cuda = f"the {cuda_kernel} GEMM{fp8}, weights kept quantized ({cuda_status})"
+    else:
+        on_cuda = f"weights dequantized at load while the {cuda_kernel} GEMM{fp8} does not run ({cuda_status})"
     return (f"{sch.scheme} weights ({sch.granularity} scales, {sch.source}), activations {acts}{ignore}; on CPU "
             f"({compute} compute): {runs}; on CUDA: {on_cuda}"), kernel
 
 
-def _cuda_bytes(cfg, store, caps) -> dict:
+def _cuda_bytes(cfg, store) -> dict:
     import torch
 
-    from illada_rt.quant import device_bytes_estimate, read_scheme
+    from illada_rt.quant import cuda_gemm_kernel, device_bytes_estimate, read_scheme
 
     sch = read_scheme(cfg.raw)
-    out = {"dequantized (bf16)": device_bytes_estimate(store, sch, "dequantized", torch.bfloat16)}
-    if sch is not None:
-        gemm = "gemm_w8a8" if sch.scheme == "int8" and sch.granularity == "channel" else "gemm_fp8"
-        out[f"with {gemm}"] = device_bytes_estimate(store, sch, gemm, torch.bfloat16)
+    out = {"dequantized (bf16)": device_bytes_estimate(store, "dequantized", torch.bfloat16)}
+    gemm = cuda_gemm_kernel(sch.scheme, sch.granularity) if sch is not None else None
+    if gemm:
+        out[f"with {gemm}"] = device_bytes_estimate(store, gemm, torch.bfloat16)
     return out
 
 
@@ -170,7 +173,7 @@ def cmd_info(args) -> int:
         "quantization": quantization, "quantized_kernel_cpu": quantized_kernel,
         "weights_bytes": directory_size(path),
         # on a GPU: quantized linears at one byte per weight when the CUDA GEMM runs them, else dequantized
-        "weights_bytes_cuda": _cuda_bytes(cfg, store, caps),
+        "weights_bytes_cuda": _cuda_bytes(cfg, store),
         "tokenizer": tok.backend if tok else None, "chat_template": bool(tok and tok.chat_template),
         "kernels": caps["kernels"], "cpu": caps["cpu"], "cuda_archs": caps["cuda_archs"],
         "cuda_devices": caps["cuda_devices"],

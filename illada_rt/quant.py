@@ -213,6 +213,15 @@ def is_ignored(name: str, patterns) -> bool:
 
 
 # ------------------------------------------------------------------------------------ the linear op
+def cuda_gemm_kernel(scheme: str, granularity: str) -> str | None:
+    """The CUDA GEMM that runs a scheme's linears with the weights kept quantized, or None (dequantized at load)."""
+    if scheme == "int8" and granularity == "channel":
+        return "gemm_w8a8"
+    if scheme == "fp8" and granularity in ("channel", "tensor", "block128"):
+        return "gemm_fp8"  # W8A8 FP8 on sm_89+, weight-only (e4m3 widened in registers) before
+    return None
+
+
 def linear_kernel(scheme: str, granularity: str, device: torch.device, dtype: torch.dtype) -> str:
     """How a quantized linear runs (QuantizedLinear, and `illada-rt info`): on CPU "w8a8", "fp8w" or "dequantized";
     on CUDA "gemm_w8a8" or "gemm_fp8" (the quantized CUDA GEMMs, where they are enabled: ops/cuda.py) or
@@ -220,13 +229,9 @@ def linear_kernel(scheme: str, granularity: str, device: torch.device, dtype: to
     if device.type == "cuda":
         from .ops import cuda as cuda_ops
 
-        if dtype not in (torch.float32, torch.bfloat16, torch.float16):
-            return "dequantized"
-        if scheme == "int8" and granularity == "channel" and cuda_ops.kernel_enabled("gemm_w8a8", device):
-            return "gemm_w8a8"
-        if (scheme == "fp8" and granularity in ("channel", "tensor", "block128")
-                and cuda_ops.kernel_enabled("gemm_fp8", device)):
-            return "gemm_fp8"  # W8A8 FP8 on sm_89+, weight-only (e4m3 widened in registers) before
+        gemm = cuda_gemm_kernel(scheme, granularity)
+        if gemm and dtype in (torch.float32, torch.bfloat16, torch.float16) and cuda_ops.kernel_enabled(gemm, device):
+            return gemm
         return "dequantized"
     if device.type != "cpu":
         return "dequantized"
@@ -288,7 +293,7 @@ def weight_nbytes(w) -> int:
     return w.numel() * w.element_size()
 
 
-def device_bytes_estimate(store, scheme: QuantScheme | None, kernel: str, dtype: torch.dtype) -> int:
+def device_bytes_estimate(store, kernel: str, dtype: torch.dtype) -> int:
     """The bytes a load would hold on the device with quantized linears run by `kernel` ("gemm_w8a8"/"gemm_fp8":
     one byte per weight, K padded to 32, float32 scales; "dequantized": the compute dtype): what `illada-rt info`
     reports for CUDA, without loading anything."""

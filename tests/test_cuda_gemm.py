@@ -225,7 +225,7 @@ def test_device_bytes_estimate_is_what_the_gemm_layout_holds(int8_default):
 
     store = WeightStore(int8_default)
     sch = read_scheme(read_config(int8_default).raw)
-    est = device_bytes_estimate(store, sch, "gemm_w8a8", torch.bfloat16)
+    est = device_bytes_estimate(store, "gemm_w8a8", torch.bfloat16)
     held = 0
     for name in store.names():
         e = store.entry(name)
@@ -240,7 +240,7 @@ def test_device_bytes_estimate_is_what_the_gemm_layout_holds(int8_default):
                 n *= d
             held += 2 * n
     assert est == held
-    assert est < 0.6 * device_bytes_estimate(store, sch, "dequantized", torch.bfloat16)
+    assert est < 0.6 * device_bytes_estimate(store, "dequantized", torch.bfloat16)
 
 
 @gpu
@@ -281,8 +281,8 @@ def test_the_readme_figure_for_an_8b_model_on_the_gpu():
                  else torch.bfloat16) for n, s in shapes.items()}
     store = SimpleNamespace(names=lambda: list(shapes),
                             entry=lambda n: SimpleNamespace(shape=shapes[n], dtype=dtype[n]))
-    int8 = device_bytes_estimate(store, None, "gemm_w8a8", torch.bfloat16)
-    bf16 = device_bytes_estimate(store, None, "dequantized", torch.bfloat16)
+    int8 = device_bytes_estimate(store, "gemm_w8a8", torch.bfloat16)
+    bf16 = device_bytes_estimate(store, "dequantized", torch.bfloat16)
     assert round(int8 / 1e9, 2) == 8.54 and round(int8 / 2**30, 2) == 7.95 and round(bf16 / 1e9, 1) == 16.0
 
 

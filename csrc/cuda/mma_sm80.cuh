@@ -17,8 +17,10 @@
 #ifdef ILLADA_CUDA_EMU
 #include "cuda_emu/ptx.h"
 #define ILLADA_SITE , ::cuda_emu::Site site = ::cuda_emu::Site::here()
+#define ILLADA_PASS_SITE , site
 #else
 #define ILLADA_SITE
+#define ILLADA_PASS_SITE
 #endif
 
 namespace illada::cuda::sm80 {
@@ -99,18 +101,10 @@ __device__ __forceinline__ void ldmatrix(unsigned (&r)[Num], const void* smem IL
 #endif
 }
 __device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], const void* smem ILLADA_SITE) {
-#ifdef ILLADA_CUDA_EMU
-  ldmatrix<4, false>(r, smem, site);
-#else
-  ldmatrix<4, false>(r, smem);
-#endif
+  ldmatrix<4, false>(r, smem ILLADA_PASS_SITE);
 }
 __device__ __forceinline__ void ldmatrix_x4_trans(unsigned (&r)[4], const void* smem ILLADA_SITE) {
-#ifdef ILLADA_CUDA_EMU
-  ldmatrix<4, true>(r, smem, site);
-#else
-  ldmatrix<4, true>(r, smem);
-#endif
+  ldmatrix<4, true>(r, smem ILLADA_PASS_SITE);
 }
 
 // c += a * b, 16x8x16, fp32 accumulate; Bf16 selects bf16 or fp16 operands.
@@ -184,3 +178,4 @@ __device__ __forceinline__ unsigned pack2(float lo, float hi) {
 }  // namespace illada::cuda::sm80
 
 #undef ILLADA_SITE
+#undef ILLADA_PASS_SITE

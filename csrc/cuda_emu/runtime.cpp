@@ -198,17 +198,16 @@ void run_cta(Cta& c) {
   }
 }
 
-void host_stack_bounds(uintptr_t& lo, uintptr_t& hi) {
+// The top of the calling thread's stack (0 if unknown).
+uintptr_t host_stack_top() {
   pthread_attr_t attr;
-  lo = hi = 0;
-  if (pthread_getattr_np(pthread_self(), &attr) != 0) return;
+  if (pthread_getattr_np(pthread_self(), &attr) != 0) return 0;
   void* addr = nullptr;
   size_t size = 0;
-  if (pthread_attr_getstack(&attr, &addr, &size) == 0) {
-    lo = reinterpret_cast<uintptr_t>(addr);
-    hi = lo + size;
-  }
+  uintptr_t top = 0;
+  if (pthread_attr_getstack(&attr, &addr, &size) == 0) top = reinterpret_cast<uintptr_t>(addr) + size;
   pthread_attr_destroy(&attr);
+  return top;
 }
 
 }  // namespace
@@ -352,8 +351,8 @@ void launch(const char* kernel, const void* fn, Dims grid, Dims block, size_t dy
   }
   c.checks = g_checks;
   c.globals = t_globals;
-  host_stack_bounds(c.host_stack_lo, c.host_stack_hi);
   c.host_stack_lo = reinterpret_cast<uintptr_t>(__builtin_frame_address(0));  // the frames of launch's callers
+  c.host_stack_hi = host_stack_top();
   shadow_begin_launch(c);
   struct Restore {
     ~Restore() {

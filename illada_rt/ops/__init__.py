@@ -239,7 +239,7 @@ def linear_w8a8(x: torch.Tensor, w: Int8Weight, out_dtype: torch.dtype | None = 
     if x.shape[-1] != w.K:
         raise ValueError(f"x: last dimension {x.shape[-1]} does not match the weight's K = {w.K}")
     out_dtype = out_dtype or x.dtype
-    if use_cuda_kernel("gemm_w8a8", x) and x.device.type == "cpu":  # inside ops.cuda.emulated()
+    if x.device.type == "cpu" and _cuda.emulating():  # the CUDA GEMM on the emulator
         from . import cuda_gemm
         return cuda_gemm.linear(x, cuda_gemm.from_cpu_weight(w), out_dtype)
     if not (use_cpu_kernel(x) and x.dtype in (torch.float32, torch.bfloat16)
@@ -289,7 +289,7 @@ def linear_fp8w(x: torch.Tensor, w: Fp8Weight, out_dtype: torch.dtype | None = N
     if x.shape[-1] != w.K:
         raise ValueError(f"x: last dimension {x.shape[-1]} does not match the weight's K = {w.K}")
     out_dtype = out_dtype or x.dtype
-    if use_cuda_kernel("gemm_fp8", x) and x.device.type == "cpu":  # inside ops.cuda.emulated(): W8A8 FP8 (sm_89+)
+    if x.device.type == "cpu" and _cuda.emulating():  # the CUDA GEMM on the emulator: W8A8 FP8 (as on sm_89+)
         from . import cuda_gemm
         return cuda_gemm.linear(x, cuda_gemm.from_cpu_weight(w), out_dtype)
     if not (use_cpu_kernel(x) and x.dtype == torch.bfloat16 and out_dtype in (torch.float32, torch.bfloat16)):

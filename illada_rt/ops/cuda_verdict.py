@@ -101,9 +101,8 @@ def verdict(device: torch.device, module, kernels: tuple[str, ...]) -> dict:
             where = f"{ident['gpu']} (sm_{ident['sm']})"
             print(f"illada-rt: checking the CUDA kernels on {where} once (about a minute; the verdict is cached "
                   f"in {path})", file=sys.stderr)
-            result = run_child(ident["index"])
-            result = {"kernels": {k: bool(result.get("kernels", {}).get(k, False)) for k in kernels},
-                      "checks": result.get("checks", {}), "gpu": where}
+            child = run_child(ident["index"])
+            result = {"kernels": child.get("kernels", {}), "checks": child.get("checks", {}), "gpu": where}
             _write_cache(path, key, result)
             result = dict(result, source="run")
         result["kernels"] = {k: bool(result.get("kernels", {}).get(k, False)) for k in kernels}
