@@ -50,8 +50,8 @@ def main(argv=None) -> int:
         print(f"{cpu.get('model') or platform.processor()}, {torch.get_num_threads()} threads, ISA {cpu.get('isa')}; "
               f"GEMM peaks (same run): bf16 {peaks['bf16_gemm_gops']} GFLOP/s, int8 {peaks['int8_gemm_gops']} GOP/s")
         cols = list(CATEGORIES) + ["python"]
-        print("| policy | total s | " + " | ".join(cols) + " | GEMM % of peak |")
-        print("|---|---:|" + "---:|" * len(cols) + "---:|")
+        print("| policy | total s | " + " | ".join(cols) + " | GEMM % of peak | GEMM calls by kernel |")
+        print("|---|---:|" + "---:|" * len(cols) + "---:|---|")
         for name in args.policy:
             m = models["int8" if name.endswith("_int8") else "bf16"]
             prompt = torch.randint(1, m.config.vocab_size - 1, (1, args.prompt),
@@ -70,7 +70,8 @@ def main(argv=None) -> int:
             peak = peaks["int8_gemm_gops" if name.endswith("_int8") else "bf16_gemm_gops"] * 1e9
             gemm_pct = 100 * prof["gemm_flops"] / prof["gemm"] / peak if prof["gemm"] else 0
             cells = [f"{prof[c]:.2f} ({100 * prof[c] / prof['total']:.0f}%)" for c in cols]
-            print(f"| {name} | {prof['total']:.2f} | " + " | ".join(cells) + f" | {gemm_pct:.0f}% |")
+            routes = ", ".join(f"{k} {v}" for k, v in sorted(prof["gemm_routes"].items()))
+            print(f"| {name} | {prof['total']:.2f} | " + " | ".join(cells) + f" | {gemm_pct:.0f}% | {routes} |")
     return 0
 
 

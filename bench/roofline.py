@@ -22,25 +22,40 @@ from illada_rt import ops
 
 @contextlib.contextmanager
 def count_flops():
-    """Yields a dict {"gemm": flops, "attention": flops} filled while the block runs."""
-    counts = {"gemm": 0, "attention": 0}
-    real_linear, real_attention = model_mod.linear, ops.attention
+    """Yields a dict {"gemm": flops, "attention": flops, "routes": {kernel: GEMM calls}} filled while the block
+    runs; routes names which GEMM ran each linear ("gemm_bf16", "torch", or a quantized layer's kernel: "w8a8" ...),
+    q/k/v and gate/up counting once each where they run as one call."""
+    counts = {"gemm": 0, "attention": 0, "routes": {}}
+
+    def route(x, ws):
+        if all(isinstance(w, torch.Tensor) for w in ws):
+            name = ops.linear_bf16_route(x, ws)
+        else:
+            name = "+".join(sorted({getattr(w, "kernel", "torch") for w in ws}))
+        counts["routes"][name] = counts["routes"].get(name, 0) + 1
+    real_linear, real_linears, real_attention = model_mod.linear, model_mod.linears, ops.attention
 
     def linear(x, w):
-        N, K = (w.shape if isinstance(w, torch.Tensor) else w.shape)
+        N, K = w.shape  # a tensor's or a QuantizedLinear's
         counts["gemm"] += 2 * (x.numel() // x.shape[-1]) * N * K
+        route(x, [w])
         return real_linear(x, w)
+
+    def linears(x, ws):  # q/k/v or gate/up sharing x
+        counts["gemm"] += sum(2 * (x.numel() // x.shape[-1]) * w.shape[0] * w.shape[1] for w in ws)
+        route(x, ws)
+        return real_linears(x, ws)
 
     def attention(q, k, v, key_mask=None):
         B, H, Tq, D = q.shape
         counts["attention"] += 4 * B * H * Tq * k.shape[2] * D
         return real_attention(q, k, v, key_mask)
 
-    model_mod.linear, ops.attention = linear, attention
+    model_mod.linear, model_mod.linears, ops.attention = linear, linears, attention
     try:
         yield counts
     finally:
-        model_mod.linear, ops.attention = real_linear, real_attention
+        model_mod.linear, model_mod.linears, ops.attention = real_linear, real_linears, real_attention
 
 
 @functools.lru_cache(maxsize=None)
@@ -63,7 +78,7 @@ def gemm_peaks(threads: int) -> dict:
     return {"bf16_gemm_gops": round(best(lambda: a @ b), 1), "int8_gemm_gops": round(best(lambda: torch._int_mm(ai, bi)), 1)}
 
 
-CATEGORIES = {"gemm": ("linear",), "attention": ("attention",),
+CATEGORIES = {"gemm": ("linear", "linears"), "attention": ("attention",),
               "norms/activations/rope": ("rms_norm", "swiglu", "apply_rope", "rope_cos_sin"),
               "sampling/selection": ("sample_tokens", "sample_greedy", "select_confident")}
 
@@ -99,7 +114,7 @@ def profile():
     with count_flops() as flops:  # the timers wrap the counters
         for category, names in CATEGORIES.items():
             for name in names:
-                wrap(model_mod if name == "linear" else ops, name, category)
+                wrap(model_mod if name in ("linear", "linears") else ops, name, category)
         start = time.perf_counter()
         try:
             yield out
@@ -110,6 +125,7 @@ def profile():
             out["total"] = total
             out["python"] = total - sum(out[c] for c in CATEGORIES)
             out["gemm_flops"] = flops["gemm"]
+            out["gemm_routes"] = flops["routes"]
 
 
 def roofline(counts: dict, peaks: dict, int8: bool) -> dict:

@@ -43,11 +43,8 @@ def models(bench_model_dir, tmp_path_factory):
     return {"bf16": illada_rt.load(bench_model_dir), "int8": illada_rt.load(q)}
 
 
-@pytest.mark.parametrize("policy", list(POLICIES))
-def test_policy(benchmark, models, policy, monkeypatch):
-    model = models["int8" if policy.endswith("_int8") else "bf16"]
-    prompt = torch.randint(1, model.config.vocab_size - 1, (1, PROMPT), generator=torch.Generator().manual_seed(0))
-    kw = POLICIES[policy]
+def _run_policy(benchmark, model, policy, kw, prompt, group, times, monkeypatch):
+    """Time one decode (policy kw, or LLaDA's loop for kw None), record its FLOPs, roofline and peer ratio."""
     if policy.startswith("eager"):
         monkeypatch.setenv("ILLADA_RT_KERNELS", "reference")  # the peers are plain PyTorch, no compiled kernel
     if kw is None:
@@ -58,21 +55,50 @@ def test_policy(benchmark, models, policy, monkeypatch):
         job()
     result = benchmark.pedantic(job, rounds=2, iterations=1)  # the counting run above was the warm-up
     out, nfe = (result, STEPS) if kw is None else (result.tokens, result.nfe)
-    assert not bool((out[:, PROMPT:] == model.mask_token_id).any())
+    assert not bool((out[:, prompt.shape[1]:] == model.mask_token_id).any())
     seconds = benchmark.stats.stats.median if benchmark.stats else float("nan")
-    _TIMES[policy] = seconds
-    base = _TIMES.get("eager_reference")
+    times[policy] = seconds
+    base = times.get("eager_reference")
     int8 = policy.endswith("_int8")
     peaks = gemm_peaks(torch.get_num_threads())
     roof = roofline(flops, peaks, int8)
     peer = "eager_dual" if ("prefix" in policy or "dual" in policy) and policy != "eager_dual" else "eager_reference"
-    benchmark.extra_info.update(op="decode", group=f"prompt {PROMPT}, gen {GEN}, {STEPS} steps, block {BLOCK}",
-                                impl=policy, baseline=peer, flops=flops["gemm"] + flops["attention"],
+    benchmark.extra_info.update(op="decode", group=group, impl=policy, baseline=peer,
+                                flops=flops["gemm"] + flops["attention"],
                                 gemm_flops=flops["gemm"], attention_flops=flops["attention"], peak_kind="roofline",
                                 peaks={**peaks, "roofline_gops": roof["roofline_gops"]},
                                 roofline_fraction=roof["roofline_s"] / seconds if seconds else None,
                                 nfe=nfe, tokens_per_s=GEN / seconds if seconds else None,
-                                vs_eager=base / seconds if base and seconds else None)
+                                vs_eager=base / seconds if base and seconds else None, gemm_routes=flops["routes"])
+
+
+@pytest.mark.parametrize("policy", list(POLICIES))
+def test_policy(benchmark, models, policy, monkeypatch):
+    model = models["int8" if policy.endswith("_int8") else "bf16"]
+    prompt = torch.randint(1, model.config.vocab_size - 1, (1, PROMPT), generator=torch.Generator().manual_seed(0))
+    _run_policy(benchmark, model, policy, POLICIES[policy], prompt,
+                f"prompt {PROMPT}, gen {GEN}, {STEPS} steps, block {BLOCK}", _TIMES, monkeypatch)
+
+
+# The embedded trained model (illada_rt.load()): confident where a random model never is, so threshold decoding
+# commits several tokens per forward (NFE below the step count).
+EMBEDDED_POLICIES = {k: POLICIES[k] for k in ("eager_reference", "eager_dual", "exact", "threshold0.9", "dual",
+                                                "dual+threshold0.9")}
+_EMBEDDED_TIMES = {}
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    return illada_rt.load()
+
+
+@pytest.mark.parametrize("policy", list(EMBEDDED_POLICIES))
+def test_embedded_policy(benchmark, embedded, policy, monkeypatch):
+    ids = embedded.encode_prompt("And God said unto Moses, Go in unto Pharaoh, and tell him")
+    prompt = torch.tensor([ids])
+    _run_policy(benchmark, embedded, policy, EMBEDDED_POLICIES[policy], prompt,
+                f"embedded model, prompt {prompt.shape[1]}, gen {GEN}, {STEPS} steps, block {BLOCK}",
+                _EMBEDDED_TIMES, monkeypatch)
 
 
 def test_flop_count_of_one_forward(models):

@@ -24,10 +24,13 @@ IMPLS = {  # name: (peak kind, description)
     "torch_int_mm": ("int8_dot", "torch._int_mm, int8 in, int32 out (oneDNN)"),
     "torch_w8a8": ("int8_dot", "torch ops: per-token quantize + _int_mm + scales, bf16 in/out"),
     "fp8w": ("bf16_dot", "illada-rt FP8-weight GEMM (e4m3 widened to bf16 in registers), bf16 in/out"),
+    "bf16": ("bf16_dot", "illada-rt bf16 GEMM (weights read in place), bf16 in/out; the model runs it up to "
+                         "ops.BF16_GEMM_MAX_M rows"),
     "torch_bf16": ("bf16_dot", "torch bf16 matmul"),
     "torch_fp32": ("fp32_fma", "torch fp32 matmul"),
 }
-BASELINE = "torch_int_mm"
+BASELINE = "torch_int_mm"  # for the int8 GEMMs; the bf16-compute ones (bf16, fp8w) against torch_bf16
+BF16_BASELINE = "torch_bf16"
 
 
 def _torch_w8a8(x, w_t, ws):
@@ -65,6 +68,8 @@ def test_gemm(benchmark, weights, impl, M, N):
         out = torch.empty(M, N, dtype=torch.int32)
         nt = torch.get_num_threads()
         fn = lambda: _C.gemm_s8(q, packed.packed, packed.colsum, N, out, n_threads=nt)  # noqa: E731
+    elif impl == "bf16":
+        fn = lambda: ops.linear_bf16(x, [w_bf16], force=True)  # noqa: E731
     elif impl == "fp8w":
         fn = lambda: ops.linear_fp8w(x, fp8)  # noqa: E731
     elif impl == "torch_int_mm":
@@ -77,5 +82,6 @@ def test_gemm(benchmark, weights, impl, M, N):
         xf = x.float()
         fn = lambda: xf @ w_f32.t()  # noqa: E731
     benchmark.extra_info.update(op="gemm", group=f"M={M} N={N} K={K}", impl=impl, flops=2 * M * N * K,
-                                peak_kind=IMPLS[impl][0], baseline=BASELINE, peaks=measured_peaks())
+                                peak_kind=IMPLS[impl][0],
+                                baseline=BF16_BASELINE if impl in ("bf16", "fp8w") else BASELINE, peaks=measured_peaks())
     benchmark.pedantic(fn, rounds=7 if M < 1024 else 3, iterations=1, warmup_rounds=1)

@@ -25,7 +25,16 @@ LINEARS = ("q", "k", "v", "o", "gate", "up", "down")
 
 def linear(x: torch.Tensor, w) -> torch.Tensor:
     """x @ w.T for a dense weight, or the quantized layer's own GEMM."""
-    return w(x) if isinstance(w, QuantizedLinear) else F.linear(x, w)
+    return w(x) if isinstance(w, QuantizedLinear) else ops.linear_bf16(x, [w])[0]
+
+
+def linears(x: torch.Tensor, ws) -> list[torch.Tensor]:
+    """x @ w.T for weights sharing their input (q/k/v, gate/up): dense ones as one GEMM where a kernel fuses them."""
+    if all(isinstance(w, QuantizedLinear) and w.kernel == "w8a8" for w in ws):
+        return ops.linear_w8a8_multi(x, [w.packed for w in ws], out_dtype=x.dtype)
+    if any(isinstance(w, QuantizedLinear) for w in ws):
+        return [w(x) if isinstance(w, QuantizedLinear) else ops.linear_bf16(x, [w])[0] for w in ws]
+    return ops.linear_bf16(x, ws)
 
 
 class KVCache:
@@ -232,9 +241,10 @@ class Transformer:
         H, Hkv, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         for i, w in enumerate(self.layers):
             n = ops.rms_norm(h, w.attn_norm, cfg.rms_norm_eps)
-            q = linear(n, w.q).view(B, L, H, D).transpose(1, 2)
-            k = linear(n, w.k).view(B, L, Hkv, D).transpose(1, 2)
-            v = linear(n, w.v).view(B, L, Hkv, D).transpose(1, 2)
+            q, k, v = linears(n, (w.q, w.k, w.v))
+            q = q.view(B, L, H, D).transpose(1, 2)
+            k = k.view(B, L, Hkv, D).transpose(1, 2)
+            v = v.view(B, L, Hkv, D).transpose(1, 2)
             q = ops.apply_rope(q, cos, sin)
             k = ops.apply_rope(k, cos, sin)
             if cache is not None:
@@ -247,7 +257,7 @@ class Transformer:
             a = ops.attention(q, k, v, key_mask).transpose(1, 2).reshape(B, L, H * D)
             h = h + linear(a, w.o)
             m = ops.rms_norm(h, w.ff_norm, cfg.rms_norm_eps)
-            h = h + linear(ops.swiglu(linear(m, w.gate), linear(m, w.up)), w.down)
+            h = h + linear(ops.swiglu(*linears(m, (w.gate, w.up))), w.down)
         h = h[:, logits_from:logits_to]
         h = ops.rms_norm(h, self.final_norm, cfg.rms_norm_eps)
         return linear(h, self.head).float()

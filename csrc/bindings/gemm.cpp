@@ -3,6 +3,7 @@
 #include <pybind11/stl.h>
 
 #include "../common/cpu_features.h"
+#include "../cpu/gemm_bf16.h"
 #include "../cpu/gemm_f8w.h"
 #include "../cpu/gemm_w8a8.h"
 #include "../cpu/peak.h"
@@ -145,31 +146,49 @@ LinearShape check_linear(const TensorView& x, std::initializer_list<DType> x_dty
   return {M, K, N};
 }
 
-void linear_w8a8(py::handle x_, py::handle packed_, py::handle colsum_, py::handle w_scale_, py::handle out_,
-                 int n_threads, const py::object& isa_name) {
-  auto x = view(x_, "x"), packed = view(packed_, "packed"), colsum = view(colsum_, "colsum"),
-       ws = view(w_scale_, "w_scale"), out = view(out_, "out");
-  const auto [M, K, N] = check_linear(x, {DType::f32, DType::bf16}, ws, out);
-  packed.expect_cpu();
-  colsum.expect_cpu();
-  check_packed(packed, colsum, N, cpu::round_up(K, 4));
+// x against several packed int8 weights (lists of packed, colsum, w_scale, out), x quantized once.
+void linear_w8a8_multi(py::handle x_, const py::sequence& packeds, const py::sequence& colsums,
+                       const py::sequence& w_scales, const py::sequence& outs, int n_threads,
+                       const py::object& isa_name) {
+  const size_t n = packeds.size();
+  ILLADA_CHECK(n >= 1 && n <= 4, "packed: expected 1 to 4 weights, got " << n);
+  ILLADA_CHECK(colsums.size() == n && w_scales.size() == n && outs.size() == n,
+               "colsum, w_scale and outs: expected one per weight (" << n << "), got " << colsums.size() << ", "
+                                                                      << w_scales.size() << " and " << outs.size());
+  auto x = view(x_, "x");
+  std::vector<std::string> names;
+  for (size_t s = 0; s < n; ++s)
+    for (const char* what : {"packed", "colsum", "w_scale", "outs"}) names.push_back(std::string(what) + "[" +
+                                                                                     std::to_string(s) + "]");
   cpu::LinearW8A8Params p{};
+  std::vector<cpu::W8A8Segment> seg(n);
+  for (size_t s = 0; s < n; ++s) {
+    auto packed = view(packeds[s], names[4 * s].c_str()), colsum = view(colsums[s], names[4 * s + 1].c_str()),
+         ws = view(w_scales[s], names[4 * s + 2].c_str()), out = view(outs[s], names[4 * s + 3].c_str());
+    const auto [M, K, N] = check_linear(x, {DType::f32, DType::bf16}, ws, out);
+    packed.expect_cpu();
+    colsum.expect_cpu();
+    check_packed(packed, colsum, N, cpu::round_up(K, 4));
+    ILLADA_CHECK(s == 0 || (out.dtype == DType::bf16) == p.out_is_bf16,
+                 "outs: every output must have one dtype (outs[0] and outs[" << s << "] differ)");
+    p.M = M;
+    p.K = K;
+    p.out_is_bf16 = out.dtype == DType::bf16;
+    seg[s] = {packed.ptr<int8_t>(), colsum.ptr<int32_t>(), ws.ptr<float>(), N, out.data, out.row_stride()};
+  }
   p.x = x.data;
   p.x_is_bf16 = x.dtype == DType::bf16;
   p.ldx = x.row_stride();
-  p.M = M;
-  p.K = K;
-  p.N = N;
-  p.w_packed = packed.ptr<int8_t>();
-  p.colsum = colsum.ptr<int32_t>();
-  p.w_scale = ws.ptr<float>();
-  p.out = out.data;
-  p.out_is_bf16 = out.dtype == DType::bf16;
-  p.ldo = out.row_stride();
   p.n_threads = threads_arg(n_threads);
   const cpu::Isa isa = isa_arg(isa_name);
   py::gil_scoped_release nogil;
-  cpu::linear_w8a8(p, isa);
+  cpu::linear_w8a8_segments(p, seg.data(), static_cast<int>(n), isa);
+}
+
+void linear_w8a8(py::handle x_, py::handle packed_, py::handle colsum_, py::handle w_scale_, py::handle out_,
+                 int n_threads, const py::object& isa_name) {
+  linear_w8a8_multi(x_, py::make_tuple(packed_), py::make_tuple(colsum_), py::make_tuple(w_scale_),
+                    py::make_tuple(out_), n_threads, isa_name);
 }
 
 void pack_f8(py::handle q_, py::handle packed_, int n_threads) {
@@ -206,6 +225,86 @@ void gemm_f8w(py::handle x_, py::handle packed_, py::handle w_scale_, py::handle
   const cpu::Isa isa = isa_arg(isa_name);
   py::gil_scoped_release nogil;
   cpu::gemm_f8w(p, isa);
+}
+
+// x [M, K] bfloat16 against weights[s] [N_s, K] bfloat16 into outs[s] [M, N_s] (float32 or bfloat16, one dtype).
+void gemm_bf16(py::handle x_, const py::sequence& weights, const py::sequence& outs, int n_threads,
+               const py::object& isa_name) {
+  auto x = view(x_, "x");
+  x.expect_cpu();
+  x.expect_dtype({DType::bf16});
+  x.expect_rank(2);
+  x.expect_inner_contiguous();
+  const int64_t M = x.shape[0], K = x.shape[1];
+  const size_t n = weights.size();
+  ILLADA_CHECK(n >= 1 && n <= static_cast<size_t>(cpu::kMaxBf16Segments),
+               "weights: expected 1 to " << cpu::kMaxBf16Segments << " weights, got " << n);
+  ILLADA_CHECK(outs.size() == n, "outs: expected one output per weight (" << n << "), got " << outs.size());
+  std::vector<TensorView> ws, os;
+  for (size_t s = 0; s < n; ++s) {
+    const std::string idx = "[" + std::to_string(s) + "]";
+    ws.push_back(view(weights[s], ("weights" + idx).c_str()));
+    os.push_back(view(outs[s], ("outs" + idx).c_str()));
+  }
+  cpu::GemmBf16Params p{};
+  for (size_t s = 0; s < n; ++s) {
+    TensorView &w = ws[s], &o = os[s];
+    w.expect_cpu();
+    w.expect_dtype({DType::bf16});
+    w.expect_rank(2);
+    w.expect_dim(1, K, "x.shape[1]");
+    w.expect_inner_contiguous();
+    o.expect_cpu();
+    o.expect_dtype({DType::f32, DType::bf16});
+    ILLADA_CHECK(o.dtype == os[0].dtype, "outs: every output must have one dtype (outs[0] and outs[" << s
+                                             << "] differ)");
+    o.expect_rank(2);
+    o.expect_dim(0, M, "x.shape[0]");
+    o.expect_dim(1, w.shape[0], "the weight's shape[0]");
+    o.expect_inner_contiguous();
+    p.seg[s] = {w.ptr<uint16_t>(), w.row_stride(), w.shape[0], o.data, o.row_stride()};
+  }
+  p.x = x.ptr<uint16_t>();
+  p.ldx = x.row_stride();
+  p.M = M;
+  p.K = K;
+  p.n_seg = static_cast<int>(n);
+  p.out_is_bf16 = os[0].dtype == DType::bf16;
+  p.n_threads = threads_arg(n_threads);
+  const cpu::Isa isa = isa_arg(isa_name);
+  py::gil_scoped_release nogil;
+  cpu::gemm_bf16(p, isa);
+}
+
+// The AMX tile probe: c [rows, colsb] uint8 is updated in place by c += a . b in the chosen backend.
+void amx_tile_dot(const std::string& kind, py::handle c_, py::handle a_, py::handle b_, const std::string& backend) {
+  auto c = view(c_, "c"), a = view(a_, "a"), b = view(b_, "b");
+  for (auto* v : {&c, &a, &b}) {
+    v->expect_cpu();
+    v->expect_dtype({DType::u8});
+    v->expect_rank(2);
+    v->expect_contiguous();
+    ILLADA_CHECK(v->shape[0] <= 16 && v->shape[1] <= 64, v->name << ": a tile holds at most 16 rows x 64 bytes, got "
+                                                                   << v->shape_str());
+  }
+  cpu::TileDotKind k;
+  if (kind == "dpbssd") k = cpu::TileDotKind::dpbssd;
+  else if (kind == "dpbusd") k = cpu::TileDotKind::dpbusd;
+  else if (kind == "dpbf16ps") k = cpu::TileDotKind::dpbf16ps;
+  else ILLADA_CHECK(false, "kind: expected dpbssd, dpbusd or dpbf16ps, got '" << kind << "'");
+  ILLADA_CHECK(backend == "emulated" || backend == "hardware",
+               "backend: expected emulated or hardware, got '" << backend << "'");
+  const bool emulated = backend == "emulated";
+  if (!emulated) {  // the hardware faults (#UD) where the emulation reports: refuse before executing
+    cpu::checked_isa(cpu::Isa::amx);
+    ILLADA_CHECK(a.shape[0] == c.shape[0] && b.shape[1] == c.shape[1] && b.shape[0] * 4 == a.shape[1] &&
+                     c.shape[1] % 4 == 0 && a.shape[1] % 4 == 0 && c.shape[0] > 0 && c.shape[1] > 0 && a.shape[1] > 0,
+                 "tile shapes disagree: C " << c.shape_str() << ", A " << a.shape_str() << ", B " << b.shape_str());
+  }
+  py::gil_scoped_release nogil;
+  cpu::amx_tile_dot(k, emulated, c.ptr<uint8_t>(), static_cast<int>(c.shape[0]), static_cast<int>(c.shape[1]),
+                    a.ptr<uint8_t>(), static_cast<int>(a.shape[0]), static_cast<int>(a.shape[1]), b.ptr<uint8_t>(),
+                    static_cast<int>(b.shape[0]), static_cast<int>(b.shape[1]));
 }
 
 }  // namespace
@@ -254,6 +353,18 @@ void register_gemm(py::module_& m) {
         py::arg("out"), py::arg("n_threads") = 1, py::arg("isa") = py::none(),
         "Fused W8A8 linear: out[M, N] = dequant(quantize_per_row(x)[M, K] . W^T), x float32/bfloat16, out "
         "float32/bfloat16; the same numbers as quantize_rows_s8 followed by gemm_s8.");
+  m.def("gemm_bf16", &gemm_bf16, py::arg("x"), py::arg("weights"), py::arg("outs"), py::arg("n_threads") = 1,
+        py::arg("isa") = py::none(),
+        "outs[s][M, N_s] = x[M, K] . weights[s][N_s, K]^T for 1 to 4 bfloat16 weights sharing x (fp32 accumulation, "
+        "float32 or bfloat16 outputs), the weights read in place.");
+  m.def("linear_w8a8_multi", &linear_w8a8_multi, py::arg("x"), py::arg("packed"), py::arg("colsum"),
+        py::arg("w_scale"), py::arg("outs"), py::arg("n_threads") = 1, py::arg("isa") = py::none(),
+        "linear_w8a8 for 1 to 4 weights sharing x (lists of packed, colsum, w_scale and outs): x quantized once; "
+        "each output equals linear_w8a8 of its weight alone.");
+  m.def("amx_tile_dot", &amx_tile_dot, py::arg("kind"), py::arg("c"), py::arg("a"), py::arg("b"),
+        py::arg("backend") = "emulated",
+        "Test probe of the AMX tile layer: c += a . b by tdpbssd/tdpbusd/tdpbf16ps (tiles 0, 4, 6 shaped as the "
+        "uint8 [rows, colsb] tensors), on the emulated tiles or the hardware's.");
   m.def("pack_f8", &pack_f8, py::arg("weight"), py::arg("packed"), py::arg("n_threads") = 1,
         "Pack float8 e4m3 weights [N, K] (viewed as uint8) for gemm_f8w: packed [round_up(N,16)*round_up(K,2)] "
         "uint8.");

@@ -132,6 +132,13 @@ Isa active_isa() {
   return want < best_isa() ? want : best_isa();  // asking for more than the CPU has gives the best it has
 }
 
+namespace {
+thread_local bool amx_emulated = false;
+}
+
+void set_amx_emulation(bool on) { amx_emulated = on; }
+bool amx_emulation() { return amx_emulated; }
+
 Isa checked_isa(Isa requested) {
   ILLADA_CHECK(requested <= best_isa(), "isa: this CPU does not support '" << isa_name(requested)
                                                                             << "' (best: " << isa_name(best_isa()) << ")");

@@ -31,4 +31,9 @@ std::vector<Isa> supported_isas();
 // `requested` if supported, else throws illada::Error naming what is missing.
 Isa checked_isa(Isa requested);
 
+// The AMX kernels' tile backend for calls made from this thread: the emulation of the tile instructions (set by the
+// bindings for isa="amx_emulated", which the tests use on CPUs without AMX) or the hardware's.
+void set_amx_emulation(bool on);
+bool amx_emulation();
+
 }  // namespace illada::cpu

@@ -53,7 +53,12 @@ void quantize_rows_s8(const void* x, bool x_is_bf16, int64_t ldx, int64_t M, int
 }
 
 void linear_w8a8(const LinearW8A8Params& p, Isa isa) {
-  if (p.M == 0 || p.N == 0) return;
+  const W8A8Segment seg{p.w_packed, p.colsum, p.w_scale, p.N, p.out, p.ldo};
+  linear_w8a8_segments(p, &seg, 1, isa);
+}
+
+void linear_w8a8_segments(const LinearW8A8Params& p, const W8A8Segment* seg, int n_seg, Isa isa) {
+  if (p.M == 0) return;
   const int64_t Kp = round_up(p.K, 4);
   std::vector<int8_t> q(static_cast<size_t>(p.M * Kp));
   std::vector<float> xs(static_cast<size_t>(p.M));
@@ -69,18 +74,20 @@ void linear_w8a8(const LinearW8A8Params& p, Isa isa) {
   {
     quantize_rows_s8(p.x, p.x_is_bf16, p.ldx, p.M, p.K, q.data(), xs.data(), p.n_threads);
   }
-  g.w_packed = p.w_packed;
-  g.colsum = p.colsum;
   g.M = p.M;
-  g.N = p.N;
   g.K4 = Kp / 4;
   g.out_kind = p.out_is_bf16 ? OutKind::bf16 : OutKind::f32;
   g.a_scale = xs.data();
-  g.w_scale = p.w_scale;
-  g.out = p.out;
-  g.ldo = p.ldo;
   g.n_threads = p.n_threads;
-  gemm_s8(g, isa);
+  for (int s = 0; s < n_seg; ++s) {
+    g.w_packed = seg[s].w_packed;
+    g.colsum = seg[s].colsum;
+    g.w_scale = seg[s].w_scale;
+    g.N = seg[s].N;
+    g.out = seg[s].out;
+    g.ldo = seg[s].ldo;
+    gemm_s8(g, isa);
+  }
 }
 
 void gemm_s8(const GemmS8Params& p, Isa isa) {
@@ -88,7 +95,7 @@ void gemm_s8(const GemmS8Params& p, Isa isa) {
   ILLADA_CHECK(!p.a_shifted || isa >= Isa::avx512, "gemm_s8: shifted (q + 128) activations need the avx512 kernel");
   switch (isa) {
 #if defined(ILLADA_HAVE_AVX512)
-    case Isa::amx:
+    case Isa::amx: return gemm_s8_amx(p, amx_emulation());
     case Isa::avx512: return gemm_s8_avx512(p);
 #endif
 #if defined(ILLADA_HAVE_AVX2)

@@ -11,6 +11,9 @@
 #include <cstdint>
 
 #include "../common/cpu_features.h"
+#if defined(__AVX512F__)
+#include "avx512_util.h"
+#endif
 
 namespace illada::cpu {
 
@@ -59,10 +62,48 @@ struct LinearW8A8Params {
 };
 void linear_w8a8(const LinearW8A8Params& p, Isa isa);
 
+// Several weights sharing x (q/k/v, gate/up): x is quantized once, then each weight's GEMM writes its own output.
+// p's w_packed, colsum, w_scale, N, out and ldo are ignored; every output has p.out_is_bf16's dtype.
+struct W8A8Segment {
+  const int8_t* w_packed;
+  const int32_t* colsum;
+  const float* w_scale;
+  int64_t N;
+  void* out;
+  int64_t ldo;
+};
+void linear_w8a8_segments(const LinearW8A8Params& p, const W8A8Segment* seg, int n_seg, Isa isa);
+
 void gemm_s8_generic(const GemmS8Params& p);
 void gemm_s8_avx2(const GemmS8Params& p);
 void gemm_s8_avx512(const GemmS8Params& p);
-void gemm_s8(const GemmS8Params& p, Isa isa);  // dispatch (amx falls back to avx512 until it has a variant)
+// AMX-INT8 (tdpbssd) over the same packed layout; `emulated` runs the tile instructions' C++ emulation (amx_tiles.h)
+// instead of the hardware's. Results are bit-identical to gemm_s8_avx512's.
+void gemm_s8_amx(const GemmS8Params& p, bool emulated);
+
+// One tile dot product, C (tile 0) += A (tile 4) . B (tile 6), with each tile's shape as given (row stride = its
+// colsb): the probe the tests hold the emulation (and, on AMX machines, the hardware) to the definitions with.
+enum class TileDotKind { dpbssd, dpbusd, dpbf16ps };
+void amx_tile_dot(TileDotKind kind, bool emulated, uint8_t* c, int c_rows, int c_colsb, const uint8_t* a, int a_rows,
+                  int a_colsb, const uint8_t* b, int b_rows, int b_colsb);
+void gemm_s8(const GemmS8Params& p, Isa isa);  // dispatch; amx runs emulated tiles when amx_emulation() is set
+
+#if defined(__AVX512F__)  // in the files compiled with AVX-512 flags
+// The W8A8 epilogue of one row of 16 channels (the AVX-512 and AMX kernels share it, so they give the same bits):
+// the exact int32 sums v as they are (i32), or (float(v) * a_scale) * w_scale as float32 or bfloat16.
+inline void store_s8_row(const GemmS8Params& p, __m512i v, int64_t m, int64_t n0, __mmask16 mask, __m512 ws) {
+  const int64_t o = m * p.ldo + n0;
+  if (p.out_kind == OutKind::i32) {
+    _mm512_mask_storeu_epi32(static_cast<int32_t*>(p.out) + o, mask, v);
+    return;
+  }
+  const __m512 f = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(v), _mm512_set1_ps(p.a_scale[m])), ws);
+  if (p.out_kind == OutKind::f32)
+    _mm512_mask_storeu_ps(static_cast<float*>(p.out) + o, mask, f);
+  else
+    _mm256_mask_storeu_epi16(static_cast<uint16_t*>(p.out) + o, mask, avx512::to_bf16(f));
+}
+#endif
 
 // fp32 -> bf16 round-to-nearest-even (NaN stays NaN), as torch's .to(torch.bfloat16).
 inline uint16_t f32_to_bf16(float f) {

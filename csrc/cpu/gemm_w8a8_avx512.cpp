@@ -20,6 +20,8 @@ constexpr int64_t kRowsPerTask = 96;
 // K block: 64 groups of 4 (256 bytes of K): a panel's weights for one K block are kNV * 4 KB and stay in L1
 // while every row tile of the task uses them.
 constexpr int64_t kK4Block = 64;
+// How far ahead (in panels of kNV blocks) a task prefetches weights; as the bf16 kernel's, measured on Zen 5.
+constexpr int64_t kPrefetchPanels = 2;
 
 // One register tile over k4 in [k_begin, k_end). First K block starts from zero, later ones resume from the
 // int32 scratch `c` (ldc = kNV * 16); the last K block runs the epilogue, the others park the sums in `c`.
@@ -65,19 +67,7 @@ struct TileS8 {
       __m512 ws = _mm512_setzero_ps();
       if (p.out_kind != OutKind::i32) ws = _mm512_maskz_loadu_ps(mask, p.w_scale + n0);
       #pragma GCC unroll 16
-      for (int i = 0; i < MR; ++i) {
-        const __m512i v = _mm512_sub_epi32(acc[i][j], comp);
-        const int64_t o = (m0 + i) * p.ldo + n0;
-        if (p.out_kind == OutKind::i32) {
-          _mm512_mask_storeu_epi32(static_cast<int32_t*>(p.out) + o, mask, v);
-          continue;
-        }
-        const __m512 f = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(v), _mm512_set1_ps(p.a_scale[m0 + i])), ws);
-        if (p.out_kind == OutKind::f32)
-          _mm512_mask_storeu_ps(static_cast<float*>(p.out) + o, mask, f);
-        else
-          _mm256_mask_storeu_epi16(static_cast<uint16_t*>(p.out) + o, mask, avx512::to_bf16(f));
-      }
+      for (int i = 0; i < MR; ++i) store_s8_row(p, _mm512_sub_epi32(acc[i][j], comp), m0 + i, n0, mask, ws);
     }
   }
 };
@@ -139,9 +129,17 @@ void gemm_s8_avx512(const GemmS8Params& in) {
   avx512::for_each_gemm_task(p.M, p.N, kRowsPerTask, kNV, p.n_threads,
                              [&](int64_t m_begin, int64_t m_end, int64_t nb0, int nv) {
     alignas(64) int32_t scratch[kRowsPerTask * kNV * 16];
+    // The last row task of a panel prefetches the panel kPrefetchPanels ahead (contiguous in the packed layout),
+    // its cache lines spread over this task's tile calls: at decoding's small M the weights stream from DRAM.
+    const int64_t nb_pf = nb0 + kPrefetchPanels * kNV, NB = round_up(p.N, 16) / 16;
+    const int64_t lines = m_end == p.M && nb_pf < NB ? std::min<int64_t>(kNV, NB - nb_pf) * p.K4 : 0;  // 64 B each
+    const char* pf = reinterpret_cast<const char*>(p.w_packed + nb_pf * p.K4 * 64);
+    const int64_t calls = std::max<int64_t>(1, (p.K4 + kK4Block - 1) / kK4Block) * ((m_end - m_begin + kMR - 1) / kMR);
+    int64_t call = 0;
     for (int64_t k0 = 0; k0 < p.K4 || k0 == 0; k0 += kK4Block) {
       const int64_t k1 = k0 + kK4Block < p.K4 ? k0 + kK4Block : p.K4;
-      for (int64_t m0 = m_begin; m0 < m_end; m0 += kMR) {
+      for (int64_t m0 = m_begin; m0 < m_end; m0 += kMR, ++call) {
+        for (int64_t l = call * lines / calls; l < (call + 1) * lines / calls; ++l) _mm_prefetch(pf + l * 64, _MM_HINT_T0);
         const int mr = static_cast<int>(m_end - m0 < kMR ? m_end - m0 : kMR);
         avx512::pick_tile<TileS8>(mr, nv)(p, m0, nb0, k0, k1, scratch + (m0 - m_begin) * kNV * 16);
       }

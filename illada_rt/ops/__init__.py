@@ -176,6 +176,12 @@ def sample_tokens(logits: torch.Tensor, conf_dtype: torch.dtype = torch.float32,
     return reference.sample_tokens(logits, conf_dtype, temperature, seed, offset, rid)
 
 
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """x [..., K] as a 2-D [rows, K] with a contiguous last dimension (K = 0 included)."""
+    x2 = x.reshape(x.shape[:-1].numel(), x.shape[-1])
+    return x2 if x2.stride(-1) == 1 else x2.contiguous()
+
+
 def _threads() -> int:
     return max(1, torch.get_num_threads())
 
@@ -216,6 +222,40 @@ def _check_quantized_weight(weight, scale, dtype: torch.dtype) -> tuple[int, int
     return N, K, scale
 
 
+# Rows (M = batch x tokens) up to which bf16 linears run the compiled kernel; above, PyTorch's (oneDNN) GEMM, which
+# reaches the machine's bf16 peak once M is large. Measured on Zen 5 (bench/test_bench_kernels.py::test_linear_bf16):
+# at M = 32 with weights out of cache the kernel is 1.2-1.6x oneDNN, at M = 64 about even, at M >= 128 ~0.9x.
+BF16_GEMM_MAX_M = 64
+
+
+def linear_bf16_route(x: torch.Tensor, weights, force: bool = False) -> str:
+    """Which GEMM linear_bf16 runs for these operands: "gemm_bf16" (the compiled kernel) or "torch" (F.linear)."""
+    rows = x.shape[:-1].numel() if x.dim() else 0
+    ok = (use_cpu_kernel(x, *weights) and cpu_isa() in ("avx512", "amx") and x.dtype == torch.bfloat16
+          and all(w.dtype == torch.bfloat16 and w.stride(-1) == 1 for w in weights))
+    return "gemm_bf16" if ok and (force or rows <= BF16_GEMM_MAX_M) else "torch"
+
+
+def linear_bf16(x: torch.Tensor, weights, isa: str | None = None, force: bool = False) -> list[torch.Tensor]:
+    """x [..., K] bfloat16 against 1 to 4 dense bfloat16 weights [N_s, K] (q/k/v or gate/up) -> one [..., N_s]
+    bfloat16 output per weight: x @ w.T with fp32 accumulation. The weights are read in place (memory-mapped, never
+    copied). Runs the compiled kernel on CPU with AVX-512 BF16 for at most BF16_GEMM_MAX_M rows (always with
+    `force`), else PyTorch's F.linear per weight."""
+    weights = list(weights)
+    if not 1 <= len(weights) <= 4:
+        raise ValueError(f"weights: expected 1 to 4 weights, got {len(weights)}")
+    for i, w in enumerate(weights):
+        if not isinstance(w, torch.Tensor) or w.dim() != 2 or w.shape[1] != x.shape[-1]:
+            raise ValueError(f"weights[{i}]: expected a 2-D tensor [N, {x.shape[-1]}], got "
+                             f"{tuple(getattr(w, 'shape', ())) or type(w).__name__}")
+    if linear_bf16_route(x, weights, force) == "torch":  # (also for fp32, other devices, the reference mode)
+        return [torch.nn.functional.linear(x, w) for w in weights]
+    x2 = _rows(x)
+    outs = [torch.empty(x2.shape[0], w.shape[0], dtype=torch.bfloat16) for w in weights]
+    _C.gemm_bf16(x2, weights, outs, _threads(), isa)
+    return [o.reshape(*x.shape[:-1], o.shape[1]) for o in outs]
+
+
 def pack_int8_weight(weight: torch.Tensor, scale: torch.Tensor) -> Int8Weight:
     """weight [N, K] int8 (CPU), scale [N] (per output channel) -> Int8Weight."""
     N, K, scale = _check_quantized_weight(weight, scale, torch.int8)
@@ -245,12 +285,30 @@ def linear_w8a8(x: torch.Tensor, w: Int8Weight, out_dtype: torch.dtype | None = 
     if not (use_cpu_kernel(x) and x.dtype in (torch.float32, torch.bfloat16)
             and out_dtype in (torch.float32, torch.bfloat16)):
         return reference.linear_w8a8(x, w.weight().to(x.device), w.scale.to(x.device), out_dtype)
-    x2 = x.reshape(-1, w.K)
-    if x2.stride(-1) != 1:
-        x2 = x2.contiguous()
+    x2 = _rows(x)
     out = torch.empty(x2.shape[0], w.N, dtype=out_dtype)
     _C.linear_w8a8(x2, w.packed, w.colsum, w.scale, out, _threads(), isa)
     return out.reshape(*x.shape[:-1], w.N)
+
+
+def linear_w8a8_multi(x: torch.Tensor, ws, out_dtype: torch.dtype | None = None,
+                      isa: str | None = None) -> list[torch.Tensor]:
+    """linear_w8a8 of x against 1 to 4 Int8Weights sharing it (q/k/v, gate/up): one activation quantization and
+    one call for all; each output equals linear_w8a8(x, w) bit for bit."""
+    ws = list(ws)
+    if not 1 <= len(ws) <= 4:
+        raise ValueError(f"ws: expected 1 to 4 weights, got {len(ws)}")
+    out_dtype = out_dtype or x.dtype
+    if not (use_cpu_kernel(x) and not _cuda.emulating() and x.dtype in (torch.float32, torch.bfloat16)
+            and out_dtype in (torch.float32, torch.bfloat16)) or len({w.K for w in ws}) != 1:
+        return [linear_w8a8(x, w, out_dtype, isa) for w in ws]
+    if x.shape[-1] != ws[0].K:
+        raise ValueError(f"x: last dimension {x.shape[-1]} does not match the weight's K = {ws[0].K}")
+    x2 = _rows(x)
+    outs = [torch.empty(x2.shape[0], w.N, dtype=out_dtype) for w in ws]
+    _C.linear_w8a8_multi(x2, [w.packed for w in ws], [w.colsum for w in ws], [w.scale for w in ws], outs, _threads(),
+                         isa)
+    return [o.reshape(*x.shape[:-1], w.N) for o, w in zip(outs, ws)]
 
 
 @dataclass(frozen=True)
@@ -294,9 +352,7 @@ def linear_fp8w(x: torch.Tensor, w: Fp8Weight, out_dtype: torch.dtype | None = N
         return cuda_gemm.linear(x, cuda_gemm.from_cpu_weight(w), out_dtype)
     if not (use_cpu_kernel(x) and x.dtype == torch.bfloat16 and out_dtype in (torch.float32, torch.bfloat16)):
         return reference.linear_fp8w(x, w.weight().to(x.device), w.scale.to(x.device), out_dtype)
-    x2 = x.reshape(-1, w.K)
-    if x2.stride(-1) != 1:
-        x2 = x2.contiguous()
+    x2 = _rows(x)
     out = torch.empty(x2.shape[0], w.N, dtype=out_dtype)
     _C.gemm_f8w(x2, w.packed, w.scale, out, _threads(), isa)
     return out.reshape(*x.shape[:-1], w.N)
