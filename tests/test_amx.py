@@ -138,3 +138,31 @@ def test_amx_emulated_is_refused_without_avx512_and_named_in_errors():
     with pytest.raises(Exception, match="amx_emulated"):
         _C.gemm_s8(torch.zeros(1, 4, dtype=torch.int8), torch.zeros(64, dtype=torch.int8),
                    torch.zeros(16, dtype=torch.int32), 1, torch.zeros(1, 1, dtype=torch.int32), None, None, 1, "amx2")
+
+
+@pytest.mark.parametrize("isa", AMX_ISAS)
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("M,N,K", [(1, 1, 1), (33, 100, 37), (7, 64, 4096), (6, 65, 255), (100, 17, 300), (40, 33, 64),
+                                   (0, 16, 8), (3, 0, 8), (2, 16, 0)])
+def test_fp8w_amx_matches_float64(isa, out_dtype, M, N, K):
+    """The AMX FP8-weight GEMM (e4m3 widened into bf16 B tiles, tdpbf16ps) against x . (q * scale)^T in float64."""
+    from illada_rt.ops import reference
+    from test_gemm_fp8 import _fp8
+
+    q, s = _fp8(N, K, seed=M + N + K)
+    pw = ops.pack_fp8_weight(q, s)
+    xb = torch.full((M, K + 3), float("nan")).bfloat16()  # NaN beyond K: the padded copy never reads it
+    xb[:, :K] = torch.randn(M, K, generator=torch.Generator().manual_seed(1)).bfloat16()
+    x = xb[:, :K]
+    out = torch.empty(M, N, dtype=out_dtype)
+    _C.gemm_f8w(x, pw.packed, pw.scale, out, 2, isa)
+    want = x.double() @ (q.double() * s.double()[:, None]).T
+    scale = x.double().abs() @ (q.double().abs() * s.double()[:, None]).T
+    # fp32 tile accumulation (measured <= 5.3e-8 of sum |x||w| at K = 37 to 4096), and a bf16 output's own rounding
+    # (2^-9 relative)
+    tol = 2.5e-7 * scale + (want.abs() * 2.0 ** -8 if out_dtype == torch.bfloat16 else 0)
+    assert bool(((out.double() - want).abs() <= tol).all())
+    if M and N:
+        ref = reference.linear_fp8w(x, q, s, torch.float32)
+        torch.testing.assert_close(out.float(), ref, rtol=1e-5 if out_dtype == torch.float32 else 8e-3,
+                                   atol=1e-5 * float(ref.abs().max()) if K else 0)

@@ -17,17 +17,6 @@ namespace {
 constexpr int kMR = 6, kNV = 4;
 constexpr int64_t kRowsPerTask = 96, kK2Block = 128;
 
-// 32 e4m3 bytes -> 32 bf16 (as a __m512bh of 16 pairs), exact.
-inline __m512i widen(__m256i b) {
-  const __m512i w = _mm512_cvtepu8_epi16(b);
-  const __m512i h = _mm512_or_si512(_mm512_slli_epi16(_mm512_and_si512(w, _mm512_set1_epi16(0x80)), 8),
-                                    _mm512_slli_epi16(_mm512_and_si512(w, _mm512_set1_epi16(0x7f)), 7));
-  const __m512 scale = _mm512_set1_ps(256.0f);  // fp16 exponent bias 15 vs e4m3's 7
-  const __m512 lo = _mm512_mul_ps(_mm512_cvtph_ps(_mm512_castsi512_si256(h)), scale);
-  const __m512 hi = _mm512_mul_ps(_mm512_cvtph_ps(_mm512_extracti64x4_epi64(h, 1)), scale);
-  return (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
-}
-
 // scratch: kNV * kK2Block pairs x 16 channels of bf16 (4 x 128 x 64 bytes = 32 KB); c: fp32 partial sums
 template <int MR, int NV>
 struct TileF8 {
@@ -98,7 +87,7 @@ void gemm_f8w_avx512(const GemmF8Params& p) {
       const int64_t k1 = k0 + kK2Block < p.K2 ? k0 + kK2Block : p.K2;
       for (int j = 0; j < nv; ++j)
         for (int64_t k2 = k0; k2 < k1; ++k2)
-          scratch[j * kK2Block + (k2 - k0)] = widen(_mm256_loadu_si256(
+          scratch[j * kK2Block + (k2 - k0)] = widen_e4m3(_mm256_loadu_si256(
               reinterpret_cast<const __m256i*>(p.w_packed + ((nb0 + j) * p.K2 + k2) * 32)));
       for (int64_t m0 = m_begin; m0 < m_end; m0 += kMR) {
         const int mr = static_cast<int>(m_end - m0 < kMR ? m_end - m0 : kMR);

@@ -62,6 +62,7 @@ void gemm_f8w_generic(const GemmF8Params& p) {
 void gemm_f8w(const GemmF8Params& p, Isa isa) {
   if (p.M == 0 || p.N == 0) return;
 #if defined(ILLADA_HAVE_AVX512)
+  if (isa == Isa::amx) return gemm_f8w_amx(p, amx_emulation());
   if (isa >= Isa::avx512) return gemm_f8w_avx512(p);
 #endif
   (void)isa;
