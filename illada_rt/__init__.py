@@ -55,11 +55,13 @@ def capabilities() -> dict:
     cuda = status["cuda_kernels"]
     status["cpu"] = _cpu_info()
     status["kernel_mode"] = ops.kernel_mode()
+    on_avx512 = status["_C"] and status["kernel_mode"] == "auto" and status["cpu"]["isa"] in ("avx512", "amx")
     status["kernels"] = {
         "select_confident": {"cpu": "_C" if status["_C"] and status["kernel_mode"] == "auto" else "reference",
                              "cuda": cuda["select_transfer"]},
         "attention": {"cpu": _attention_cpu(status), "cuda": _attention_cuda(cuda["attention"])},
-        "gemm": {"cpu": "torch", "cuda": "torch"},
+        "gemm (bf16 linears)": {"cpu": f"_C gemm_bf16 (avx512) up to {ops.BF16_GEMM_MAX_M} rows, torch above"
+                                if on_avx512 else "torch", "cuda": "torch"},
         # greedy sampling (argmax + confidence): the portable kernel is slower than PyTorch, which runs without AVX2
         "sample_greedy": {"cpu": f"_C ({status['cpu']['isa'].replace('amx', 'avx512')})"
                           if status["_C"] and status["kernel_mode"] == "auto"
@@ -69,12 +71,10 @@ def capabilities() -> dict:
                              else "torch", "cuda": "torch"},
         "rope": {"cpu": "_C (avx512)" if status["_C"] and status["kernel_mode"] == "auto"
                  and status["cpu"]["isa"] in ("avx512", "amx") else "torch", "cuda": "torch"},
-        "gemm_fp8w": {"cpu": "_C (avx512) for bf16 compute" if status["_C"] and status["kernel_mode"] == "auto"
-                      and status["cpu"]["isa"] in ("avx512", "amx") else "dequantized + torch",
+        "gemm_fp8w": {"cpu": f"_C ({status['cpu']['isa']}) for bf16 compute" if on_avx512 else "dequantized + torch",
                       "cuda": "gemm_fp8 (below)"},
-        # no AMX variant yet: an AMX CPU runs the AVX-512 VNNI kernel
-        "gemm_w8a8": {"cpu": f"_C ({status['cpu']['isa'].replace('amx', 'avx512')})"
-                      if status["_C"] and status["kernel_mode"] == "auto" else "reference",
+        "gemm_w8a8": {"cpu": f"_C ({status['cpu']['isa']})" if status["_C"] and status["kernel_mode"] == "auto"
+                      else "reference",
                       "cuda": cuda["gemm_w8a8"].replace("reference", "dequantized + torch", 1)},
         "gemm_fp8 (W8A8 e4m3 on sm_89+, weight-only before)": {
             "cpu": "-", "cuda": cuda["gemm_fp8"].replace("reference", "dequantized + torch", 1)},
