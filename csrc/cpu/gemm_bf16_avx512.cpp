@@ -135,14 +135,19 @@ void gemm_bf16_avx512(const GemmBf16Params& p) {
     // cache lines spread evenly over this task's tile calls.
     const int64_t nn0 = n0 + kPrefetchPanels * kNR;
     const int64_t n_next = rb + 1 < row_blocks || nn0 >= g.N ? 0 : std::min<int64_t>(kNR, g.N - nn0);
-    const int64_t row_lines = (p.K * 2 + 63) / 64, lines = n_next * row_lines;
+    const bool contiguous = g.ldw == p.K;
+    const int64_t row_lines = (p.K * 2 + 63) / 64;
+    const int64_t lines = contiguous ? (n_next * p.K * 2 + 63) / 64 : n_next * row_lines;
+    const char* pf_base = reinterpret_cast<const char*>(g.w + nn0 * g.ldw);
     const int64_t calls = std::max<int64_t>(1, (p.K + kKBlock - 1) / kKBlock) * ((m_end - m_begin + kMR - 1) / kMR);
     int64_t call = 0;
     for (int64_t k0 = 0; k0 < p.K || k0 == 0; k0 += kKBlock) {
       const int64_t k1 = std::min(p.K, k0 + kKBlock);
       for (int64_t m0 = m_begin; m0 < m_end; m0 += kMR, ++call) {
         const int64_t l0 = call * lines / calls, l1 = (call + 1) * lines / calls;
-        if (l1 > l0) {  // lines l0 .. l1 of rows nn0.. (a prefetch past the end of a row or the tensor never faults)
+        if (contiguous) {  // the rows follow each other: one range (a prefetch past the tensor's end never faults)
+          for (int64_t l = l0; l < l1; ++l) _mm_prefetch(pf_base + l * 64, _MM_HINT_T0);
+        } else if (l1 > l0) {  // lines l0 .. l1 of rows nn0.., row by row
           int64_t r = l0 / row_lines, off = l0 % row_lines;
           for (int64_t l = l0; l < l1; ++l) {
             _mm_prefetch(reinterpret_cast<const char*>(g.w + (nn0 + r) * g.ldw) + off * 64, _MM_HINT_T0);
