@@ -52,6 +52,18 @@ auto pick_tile(int mr, int nv) -> decltype(&Tile<6, 4>::run) {
   }
 }
 
+// Rows [m_begin, m_end) as register tiles of at most max_mr rows, sized evenly (32 rows at 6: 6 6 5 5 5 5, not
+// 6 6 6 6 6 2, whose 2-row tile runs at a third of the rate); fn(m0, mr) per tile, in order.
+template <class Fn>
+void for_each_row_tile(int64_t m_begin, int64_t m_end, int max_mr, const Fn& fn) {
+  const int64_t rows = m_end - m_begin, tiles = (rows + max_mr - 1) / max_mr;
+  for (int64_t t = 0, m0 = m_begin; t < tiles; ++t) {
+    const int mr = static_cast<int>(rows / tiles + (t < rows % tiles ? 1 : 0));
+    fn(m0, mr);
+    m0 += mr;
+  }
+}
+
 // The task grid of the blocked AVX-512 GEMMs: tasks of rows_per_task rows x a panel of up to nv_max vectors of 16
 // output channels, spread over OpenMP threads; fn(m_begin, m_end, nb0, nv) runs one task (its own K loop).
 // Panel-major: a thread's consecutive tasks are the row tasks of one panel, then the next panel, so the weights

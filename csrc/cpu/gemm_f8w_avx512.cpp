@@ -89,10 +89,9 @@ void gemm_f8w_avx512(const GemmF8Params& p) {
         for (int64_t k2 = k0; k2 < k1; ++k2)
           scratch[j * kK2Block + (k2 - k0)] = widen_e4m3(_mm256_loadu_si256(
               reinterpret_cast<const __m256i*>(p.w_packed + ((nb0 + j) * p.K2 + k2) * 32)));
-      for (int64_t m0 = m_begin; m0 < m_end; m0 += kMR) {
-        const int mr = static_cast<int>(m_end - m0 < kMR ? m_end - m0 : kMR);
+      avx512::for_each_row_tile(m_begin, m_end, kMR, [&](int64_t m0, int mr) {
         avx512::pick_tile<TileF8>(mr, nv)(p, xs, ldxs, m0, nb0, k0, k1, scratch, partial + (m0 - m_begin) * kNV * 16);
-      }
+      });
       if (p.K2 == 0) break;
     }
   });

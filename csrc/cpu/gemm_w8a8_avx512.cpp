@@ -138,11 +138,11 @@ void gemm_s8_avx512(const GemmS8Params& in) {
     int64_t call = 0;
     for (int64_t k0 = 0; k0 < p.K4 || k0 == 0; k0 += kK4Block) {
       const int64_t k1 = k0 + kK4Block < p.K4 ? k0 + kK4Block : p.K4;
-      for (int64_t m0 = m_begin; m0 < m_end; m0 += kMR, ++call) {
+      avx512::for_each_row_tile(m_begin, m_end, kMR, [&](int64_t m0, int mr) {
         for (int64_t l = call * lines / calls; l < (call + 1) * lines / calls; ++l) _mm_prefetch(pf + l * 64, _MM_HINT_T0);
-        const int mr = static_cast<int>(m_end - m0 < kMR ? m_end - m0 : kMR);
+        ++call;
         avx512::pick_tile<TileS8>(mr, nv)(p, m0, nb0, k0, k1, scratch + (m0 - m_begin) * kNV * 16);
-      }
+      });
     }
   });
 }
