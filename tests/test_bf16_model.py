@@ -65,8 +65,10 @@ def test_padded_batch_matches_float64(model, monkeypatch):
     ids, attn, positions = _batch(seed=1)
     calls = _count_kernel_calls(monkeypatch)
     got = m.forward(ids, attention_mask=attn.long())
-    if ops.cpu_isa() in ("avx512", "amx"):  # the kernels real checkpoints use ran, in every layer
-        assert all(calls[k] >= len(m.transformer.layers) for k in KERNELS), calls
+    if ops.cpu_isa() in ("avx512", "amx"):  # the kernels real checkpoints use ran, in every layer (SwiGLU's where it
+        # is the faster of it and PyTorch on this CPU: ops.swiglu_uses_kernel)
+        expected = [k for k in KERNELS if k != "swiglu" or ops.swiglu_uses_kernel()]
+        assert all(calls[k] >= len(m.transformer.layers) for k in expected), calls
     want = independent_forward(weights, ids, attn, positions)
     rel, err = _errors(got[attn], want[attn])   # the padding columns' own outputs are nobody's concern
     assert rel < REL and err < ABS, (rel, err)

@@ -99,3 +99,17 @@ def test_ops_use_them_for_bf16_and_match(monkeypatch):
 def test_argument_checks(call, match):
     with pytest.raises((ValueError, TypeError), match=match):
         call()
+
+
+def test_swiglu_op_gives_the_reference_bits_whichever_runs():
+    """ops.swiglu picks the fused kernel or PyTorch by a one-time timing on this CPU (swiglu_uses_kernel); both give
+    the reference's bits, so the choice never changes a result."""
+    g = torch.Generator().manual_seed(4)
+    gate = (torch.randn(3, 5, 300, generator=g) * 6).bfloat16()
+    up = torch.randn(3, 5, 300, generator=g).bfloat16()
+    assert isinstance(ops.swiglu_uses_kernel(), bool)
+    assert torch.equal(ops.swiglu(gate, up), reference.swiglu(gate, up))
+    if "avx512" in ops.cpu_isas():
+        out = torch.empty(15, 300, dtype=torch.bfloat16)
+        _C.swiglu(gate.reshape(15, 300), up.reshape(15, 300), out, 2)
+        assert torch.equal(out.reshape(3, 5, 300), reference.swiglu(gate, up))
