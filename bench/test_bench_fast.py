@@ -53,7 +53,7 @@ def _run_policy(benchmark, model, policy, kw, prompt, group, times, monkeypatch)
         job = lambda: model.generate(prompt, gen_length=GEN, steps=STEPS, block_length=BLOCK, **kw)  # noqa: E731
     with count_flops() as flops:  # an untimed run of the same job
         job()
-    result = benchmark.pedantic(job, rounds=2, iterations=1)  # the counting run above was the warm-up
+    result = benchmark.pedantic(job, rounds=3, iterations=1)  # the counting run above was the warm-up
     out, nfe = (result, STEPS) if kw is None else (result.tokens, result.nfe)
     assert not bool((out[:, prompt.shape[1]:] == model.mask_token_id).any())
     seconds = benchmark.stats.stats.median if benchmark.stats else float("nan")
