@@ -1,10 +1,12 @@
 """End-to-end decoding policies side by side: exact (LLaDA reference schedule), threshold 0.9, prefix cache and
-dual cache (with and without threshold), the same on an int8 (W8A8) copy of the model made by the quantize tool,
+dual cache (with and without threshold), the same on int8 (W8A8) and fp8 (e4m3 weights, bf16 compute) copies of the
+model made by the quantize tool,
 and two peers in eager PyTorch: LLaDA's loop over the full canvas (bf16), and a Fast-dLLM-style dual cache (the same
 decoding loop with every compiled kernel off: PyTorch's GEMMs and SDPA). Prompt 64, gen 128, 64 steps, block 32.
 
 Each result records tokens/s, NFE, the job's GEMM and attention FLOPs (counted in an untimed run: bench/roofline.py)
-and the roofline: the time those FLOPs take at this machine's measured bf16 / int8 GEMM rates. report.py prints
+and the roofline: the time those FLOPs take at this machine's measured bf16 / int8 GEMM rates (fp8 weights compute in
+bf16 on a CPU, so at the bf16 rate), with bench/peaks.py's instruction peaks beside them. report.py prints
 GOP/s, '% peak' (the roofline fraction) and the ratio to the policy's peer (exact -> LLaDA's loop, caches -> the
 eager dual cache).
 
@@ -15,6 +17,7 @@ import pytest
 import torch
 
 import illada_rt
+from peaks import measured_peaks
 from roofline import CATEGORIES, count_flops, gemm_peaks, profile, roofline
 from test_bench_decode import reference_loop
 
@@ -30,6 +33,8 @@ POLICIES = {
     "exact_int8": dict(),
     "prefix_int8": dict(cache="prefix"),
     "dual_int8": dict(cache="dual"),
+    "exact_fp8": dict(),
+    "dual_fp8": dict(cache="dual"),
 }
 _TIMES = {}
 
@@ -38,9 +43,12 @@ _TIMES = {}
 def models(bench_model_dir, tmp_path_factory):
     from illada_rt.quantize import quantize_checkpoint
 
-    q = tmp_path_factory.mktemp("int8") / "int8"
-    quantize_checkpoint(bench_model_dir, q, "int8", progress=False)
-    return {"bf16": illada_rt.load(bench_model_dir), "int8": illada_rt.load(q)}
+    out = {"bf16": illada_rt.load(bench_model_dir)}
+    for scheme in ("int8", "fp8"):
+        q = tmp_path_factory.mktemp(scheme) / scheme
+        quantize_checkpoint(bench_model_dir, q, scheme, progress=False)
+        out[scheme] = illada_rt.load(q)
+    return out
 
 
 def _run_policy(benchmark, model, policy, kw, prompt, group, times, monkeypatch):
@@ -66,7 +74,7 @@ def _run_policy(benchmark, model, policy, kw, prompt, group, times, monkeypatch)
     benchmark.extra_info.update(op="decode", group=group, impl=policy, baseline=peer,
                                 flops=flops["gemm"] + flops["attention"],
                                 gemm_flops=flops["gemm"], attention_flops=flops["attention"], peak_kind="roofline",
-                                peaks={**peaks, "roofline_gops": roof["roofline_gops"]},
+                                peaks={**peaks, **measured_peaks(), "roofline_gops": roof["roofline_gops"]},
                                 roofline_fraction=roof["roofline_s"] / seconds if seconds else None,
                                 nfe=nfe, tokens_per_s=GEN / seconds if seconds else None,
                                 vs_eager=base / seconds if base and seconds else None, gemm_routes=flops["routes"])
@@ -74,7 +82,7 @@ def _run_policy(benchmark, model, policy, kw, prompt, group, times, monkeypatch)
 
 @pytest.mark.parametrize("policy", list(POLICIES))
 def test_policy(benchmark, models, policy, monkeypatch):
-    model = models["int8" if policy.endswith("_int8") else "bf16"]
+    model = models[policy.rsplit("_", 1)[1] if policy.endswith(("_int8", "_fp8")) else "bf16"]
     prompt = torch.randint(1, model.config.vocab_size - 1, (1, PROMPT), generator=torch.Generator().manual_seed(0))
     _run_policy(benchmark, model, policy, POLICIES[policy], prompt,
                 f"prompt {PROMPT}, gen {GEN}, {STEPS} steps, block {BLOCK}", _TIMES, monkeypatch)
