@@ -18,8 +18,8 @@ namespace {
 constexpr int kMR = 3, kNR = 8;
 constexpr int64_t kRowsPerTask = 128, kKBlock = 1024;  // kKBlock: a multiple of 32 (chunking is K-block free)
 // Weights stream from DRAM at decoding's small M; a task prefetches the panel kPrefetchPanels ahead of it (the
-// same thread's task after next under schedule(static)): measured on Zen 5 at M = 32 with weights out of cache,
-// 2 panels ahead into L1 beat 1 ahead and 3 ahead, and prefetching into L2.
+// same thread's task after next under schedule(static)). On Zen 5 at M = 32 with weights out of cache, prefetching
+// beat none; 1, 2, 4 or 6 panels ahead, into L1 or L2, measured within the shared machine's noise of each other.
 constexpr int64_t kPrefetchPanels = 2;
 
 // 8 vectors -> their 8 lane sums, in order: within each 128-bit lane (e0 + e2) + (e1 + e3), then (s0 + s2) + (s1 + s3).

@@ -20,7 +20,7 @@ constexpr int64_t kRowsPerTask = 96;
 // K block: 64 groups of 4 (256 bytes of K): a panel's weights for one K block are kNV * 4 KB and stay in L1
 // while every row tile of the task uses them.
 constexpr int64_t kK4Block = 64;
-// How far ahead (in panels of kNV blocks) a task prefetches weights; as the bf16 kernel's, measured on Zen 5.
+// How far ahead (in panels of kNV blocks) a task prefetches weights (as the bf16 kernel does; see there).
 constexpr int64_t kPrefetchPanels = 2;
 
 // One register tile over k4 in [k_begin, k_end). First K block starts from zero, later ones resume from the

@@ -33,7 +33,7 @@ def kernel_mode() -> str:
 
 
 def use_cpu_kernel(*tensors: torch.Tensor) -> bool:
-    return _C is not None and kernel_mode() == "auto" and all(t.device.type == "cpu" for t in tensors)
+    return _C is not None and all(t.is_cpu for t in tensors) and kernel_mode() == "auto"
 
 
 def use_cuda_kernel(name: str, *tensors: torch.Tensor) -> bool:
