@@ -146,6 +146,14 @@ LinearShape check_linear(const TensorView& x, std::initializer_list<DType> x_dty
   return {M, K, N};
 }
 
+// Argument names of the multi-weight GEMMs (at most 4 weights), spelled out once rather than built on every call.
+constexpr const char* kPackedNames[] = {"packed[0]", "packed[1]", "packed[2]", "packed[3]"};
+constexpr const char* kColsumNames[] = {"colsum[0]", "colsum[1]", "colsum[2]", "colsum[3]"};
+constexpr const char* kWScaleNames[] = {"w_scale[0]", "w_scale[1]", "w_scale[2]", "w_scale[3]"};
+constexpr const char* kWeightsNames[] = {"weights[0]", "weights[1]", "weights[2]", "weights[3]"};
+constexpr const char* kOutsNames[] = {"outs[0]", "outs[1]", "outs[2]", "outs[3]"};
+static_assert(cpu::kMaxBf16Segments == 4, "one name per possible weight");
+
 // x against several packed int8 weights (lists of packed, colsum, w_scale, out), x quantized once.
 void linear_w8a8_multi(py::handle x_, const py::sequence& packeds, const py::sequence& colsums,
                        const py::sequence& w_scales, const py::sequence& outs, int n_threads,
@@ -156,15 +164,11 @@ void linear_w8a8_multi(py::handle x_, const py::sequence& packeds, const py::seq
                "colsum, w_scale and outs: expected one per weight (" << n << "), got " << colsums.size() << ", "
                                                                       << w_scales.size() << " and " << outs.size());
   auto x = view(x_, "x");
-  std::vector<std::string> names;
-  for (size_t s = 0; s < n; ++s)
-    for (const char* what : {"packed", "colsum", "w_scale", "outs"}) names.push_back(std::string(what) + "[" +
-                                                                                     std::to_string(s) + "]");
   cpu::LinearW8A8Params p{};
   std::vector<cpu::W8A8Segment> seg(n);
   for (size_t s = 0; s < n; ++s) {
-    auto packed = view(packeds[s], names[4 * s].c_str()), colsum = view(colsums[s], names[4 * s + 1].c_str()),
-         ws = view(w_scales[s], names[4 * s + 2].c_str()), out = view(outs[s], names[4 * s + 3].c_str());
+    auto packed = view(packeds[s], kPackedNames[s]), colsum = view(colsums[s], kColsumNames[s]),
+         ws = view(w_scales[s], kWScaleNames[s]), out = view(outs[s], kOutsNames[s]);
     const auto [M, K, N] = check_linear(x, {DType::f32, DType::bf16}, ws, out);
     packed.expect_cpu();
     colsum.expect_cpu();
@@ -242,9 +246,8 @@ void gemm_bf16(py::handle x_, const py::sequence& weights, const py::sequence& o
   ILLADA_CHECK(outs.size() == n, "outs: expected one output per weight (" << n << "), got " << outs.size());
   std::vector<TensorView> ws, os;
   for (size_t s = 0; s < n; ++s) {
-    const std::string idx = "[" + std::to_string(s) + "]";
-    ws.push_back(view(weights[s], ("weights" + idx).c_str()));
-    os.push_back(view(outs[s], ("outs" + idx).c_str()));
+    ws.push_back(view(weights[s], kWeightsNames[s]));
+    os.push_back(view(outs[s], kOutsNames[s]));
   }
   cpu::GemmBf16Params p{};
   for (size_t s = 0; s < n; ++s) {

@@ -3,6 +3,8 @@
 // 16-row slices of the activations, one 64-byte K step each), B tiles 6-7 (two 16-channel blocks in the VNNI layout:
 // one 64-byte row per 4 int8 or 2 bf16 K values). Tasks are (panel of 2 blocks) x (block of 32 rows), panel-major.
 #pragma once
+#include <immintrin.h>
+
 #include <cstdint>
 
 #include "../common/check.h"
@@ -11,6 +13,17 @@
 namespace illada::cpu::amx {
 
 enum class Dot { s8s8, bf16 };
+
+// The (up to) two 16-channel blocks of a task's results that hold channels below N: fn(j, n0, mask) with j the
+// block in the task, n0 its first channel and mask its valid channels.
+template <class Fn>
+void for_each_result_block(int64_t N, int64_t nb0, const Fn& fn) {
+  for (int j = 0; j < 2; ++j) {
+    const int64_t n0 = (nb0 + j) * 16;
+    if (n0 >= N) return;
+    fn(j, n0, static_cast<__mmask16>((1u << (N - n0 < 16 ? N - n0 : 16)) - 1u));
+  }
+}
 
 // fn(Backend* tag) with the hardware's tiles, or the emulation's when `emulated` (a build whose compiler lacked the
 // AMX flags has only the emulation, and says so when asked for the hardware).

@@ -50,14 +50,11 @@ void run_amx(const GemmS8Params& p) {
     return scratch;
   };
   auto epilogue = [&](int64_t m0, int64_t nb0, const uint32_t* c) {
-    for (int j = 0; j < 2; ++j) {
-      const int64_t n0 = (nb0 + j) * 16;
-      if (n0 >= p.N) break;
-      const __mmask16 mask = static_cast<__mmask16>((1u << std::min<int64_t>(16, p.N - n0)) - 1u);
+    amx::for_each_result_block(p.N, nb0, [&](int j, int64_t n0, __mmask16 mask) {
       const __m512 ws = p.out_kind == OutKind::i32 ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(mask, p.w_scale + n0);
       for (int64_t i = 0; i < 32 && m0 + i < p.M; ++i)
         store_s8_row(p, _mm512_load_si512(c + i * 32 + 16 * j), m0 + i, n0, mask, ws);
-    }
+    });
   };
   amx::blocked_gemm<Tiles, amx::Dot::s8s8>(p.n_threads, Mp / 32, (NB + 1) / 2, K64 / 64,
                                            reinterpret_cast<const uint8_t*>(a.data()), K64, b_tile, epilogue);

@@ -253,8 +253,8 @@ def _check_quantized_weight(weight, scale, dtype: torch.dtype) -> tuple[int, int
 
 
 # Rows (M = batch x tokens) up to which bf16 linears run the compiled kernel; above, PyTorch's (oneDNN) GEMM, which
-# reaches the machine's bf16 peak once M is large. Measured on Zen 5 (bench/test_bench_kernels.py::test_linear_bf16):
-# at M = 32 with weights out of cache the kernel is 1.2-1.6x oneDNN, at M = 64 about even, at M >= 128 ~0.9x.
+# reaches the machine's bf16 peak once M is large. Measured on Zen 5 (bench/test_bench_gemm.py, impl "bf16" beside
+# "torch_bf16"): at M = 32 the kernel is 1.0-1.4x oneDNN (1.3-1.6x with weights out of cache), at M >= 256 ~0.8x.
 BF16_GEMM_MAX_M = 64
 
 
