@@ -51,6 +51,18 @@ def test_swiglu(isa, dtype, R, D):
 
 
 @pytest.mark.parametrize("isa", ISAS)
+def test_swiglu_of_large_negative_gates(isa):
+    """Every bf16 gate value from -80 to -110: PyTorch's silu is g / (1 + exp(-g)), which is -0 once exp(-g)
+    overflows (g < -88.72); the kernels must give the same bits there, not g * exp(g)'s tiny values."""
+    gate = torch.arange(-110, -80, 0.5).bfloat16().unique().reshape(1, -1)
+    up = torch.full_like(gate, 3.0)
+    out = torch.empty_like(gate)
+    _C.swiglu(gate, up, out, 1, isa)
+    want = reference.swiglu(gate, up)
+    assert torch.equal(out, want) and torch.equal(out.view(torch.int16), want.view(torch.int16))
+
+
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("D", [16, 34, 64, 128])
 @pytest.mark.parametrize("per_row", [False, True])
@@ -113,3 +125,63 @@ def test_swiglu_op_gives_the_reference_bits_whichever_runs():
         out = torch.empty(15, 300, dtype=torch.bfloat16)
         _C.swiglu(gate.reshape(15, 300), up.reshape(15, 300), out, 2)
         assert torch.equal(out.reshape(3, 5, 300), reference.swiglu(gate, up))
+
+
+def _denormal_count(t: torch.Tensor) -> int:
+    a = t.float().abs()
+    return int(((a > 0) & (a < torch.finfo(torch.float32).tiny)).sum())
+
+
+@pytest.mark.parametrize("isa", [i for i in ISAS if i != "generic"])
+def test_bf16_denormal_results_are_kept(isa):
+    """The AVX-512 kernels round with vcvtneps2bf16, which flushes denormals, and redo a row exactly when one
+    appears: results in the denormal range must still equal the reference's (which keeps them), in every op."""
+    g = torch.Generator().manual_seed(11)
+    x = (torch.randn(9, 70, generator=g) * 3).bfloat16()
+    w = (torch.rand(70, generator=g) + 0.5).bfloat16()
+    w[3::7] = torch.tensor(3e-39).bfloat16()  # weight * normalised x lands in the denormals
+    out = torch.empty_like(x)
+    _C.rms_norm(x, w, 1e-5, out, 2, isa)
+    want = reference.rms_norm(x, w, 1e-5)
+    assert _denormal_count(want) > 9 and torch.equal(out, want)
+
+    gate = (torch.randn(9, 70, generator=g) * 6).bfloat16()
+    gate[::2, 5::9] = torch.tensor(2e-39).bfloat16()  # silu(g) ~ g / 2: a denormal
+    gate[1::2, 5::9] = torch.tensor(-3e-38).bfloat16()
+    up = torch.randn(9, 70, generator=g).bfloat16()
+    out = torch.empty_like(gate)
+    _C.swiglu(gate, up, out, 2, isa)
+    want = reference.swiglu(gate, up)
+    assert _denormal_count(want) > 9 and torch.equal(out, want)
+
+    q = (torch.randn(2, 5, 3, 32, generator=g) * 1e-38).bfloat16().transpose(1, 2)  # rotated values stay denormal
+    cos, sin = reference.rope_cos_sin(torch.arange(5), 32, 10000.0)
+    out = torch.empty(2, 5, 3, 32, dtype=torch.bfloat16).transpose(1, 2)
+    _C.rope(q, cos.contiguous(), sin.contiguous(), out, 2, isa)
+    want = reference.apply_rope(q, cos, sin)
+    assert _denormal_count(want) > 9 and torch.equal(out, want)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_in_place_outputs_match_the_reference(isa):
+    """An output written over its input (allowed by the bindings) takes the exact rounding in one pass: same bits."""
+    g = torch.Generator().manual_seed(12)
+    x = (torch.randn(6, 50, generator=g) * 3).bfloat16()
+    w = (torch.rand(50, generator=g) + 0.5).bfloat16()
+    w[::5] = torch.tensor(3e-39).bfloat16()
+    want = reference.rms_norm(x, w, 1e-5)
+    _C.rms_norm(x, w, 1e-5, x, 2, isa)
+    gate = (torch.randn(6, 50, generator=g) * 6).bfloat16()
+    gate[:, ::7] = torch.tensor(2e-39).bfloat16()
+    up = torch.randn(6, 50, generator=g).bfloat16()
+    want_s = reference.swiglu(gate, up)
+    _C.swiglu(gate, up, gate, 2, isa)
+    q = (torch.randn(1, 4, 2, 16, generator=g) * 1e-38).bfloat16().transpose(1, 2)
+    cos, sin = reference.rope_cos_sin(torch.arange(4), 16, 10000.0)
+    want_r = reference.apply_rope(q, cos, sin)
+    _C.rope(q, cos.contiguous(), sin.contiguous(), q, 2, isa)
+    if isa == "generic":  # the portable path's fp32 sums may differ in the last bit: within one bf16 ulp
+        torch.testing.assert_close(x, want, rtol=2 ** -7, atol=0)
+    else:
+        assert torch.equal(x, want)
+    assert torch.equal(gate, want_s) and torch.equal(q, want_r)

@@ -324,7 +324,7 @@ void register_cpu_features(py::module_& m) {
         const auto& f = cpu::cpu_features();
         py::dict d;
         d["avx2"] = f.avx2; d["fma"] = f.fma; d["f16c"] = f.f16c;
-        d["avx512f"] = f.avx512f; d["avx512bw"] = f.avx512bw; d["avx512vl"] = f.avx512vl;
+        d["avx512f"] = f.avx512f; d["avx512bw"] = f.avx512bw; d["avx512vl"] = f.avx512vl; d["avx512dq"] = f.avx512dq;
         d["avx512_vnni"] = f.avx512_vnni; d["avx512_bf16"] = f.avx512_bf16;
         d["amx_tile"] = f.amx_tile; d["amx_int8"] = f.amx_int8; d["amx_bf16"] = f.amx_bf16;
         d["amx_permitted"] = f.amx_permitted;

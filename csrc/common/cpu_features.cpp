@@ -56,6 +56,7 @@ CpuFeatures detect() {
   __cpuid_count(7, 0, a, b, c, d);
   f.avx2 = os_ymm && ((b >> 5) & 1) && f.fma;
   f.avx512f = os_zmm && ((b >> 16) & 1);
+  f.avx512dq = f.avx512f && ((b >> 17) & 1);
   f.avx512bw = f.avx512f && ((b >> 30) & 1);
   f.avx512vl = f.avx512f && ((b >> 31) & 1);
   f.avx512_vnni = f.avx512f && ((c >> 11) & 1);
@@ -75,7 +76,8 @@ bool supports(const CpuFeatures& f, Isa isa) {
     case Isa::generic: return true;
     case Isa::avx2: return f.avx2 && f.fma && f.f16c;
     case Isa::avx512:
-      return supports(f, Isa::avx2) && f.avx512f && f.avx512bw && f.avx512vl && f.avx512_vnni && f.avx512_bf16;
+      return supports(f, Isa::avx2) && f.avx512f && f.avx512bw && f.avx512vl && f.avx512dq && f.avx512_vnni &&
+             f.avx512_bf16;
     case Isa::amx: return supports(f, Isa::avx512) && f.amx_tile && f.amx_int8 && f.amx_bf16 && f.amx_permitted;
   }
   return false;

@@ -13,6 +13,7 @@ enum class Isa : int { generic = 0, avx2 = 1, avx512 = 2, amx = 3 };
 struct CpuFeatures {
   bool avx2 = false, fma = false, f16c = false;              // AVX2 level (OS saves YMM state)
   bool avx512f = false, avx512bw = false, avx512vl = false;  // AVX-512 (OS saves ZMM/opmask state)
+  bool avx512dq = false;
   bool avx512_vnni = false, avx512_bf16 = false;
   bool amx_tile = false, amx_int8 = false, amx_bf16 = false;  // CPUID bits
   bool amx_permitted = false;                                 // the OS granted AMX tile data (arch_prctl)

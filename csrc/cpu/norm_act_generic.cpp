@@ -52,12 +52,14 @@ void rope_generic(const RopeParams& p) {
         const int64_t xo = b * p.x_sb + h * p.x_sh + t * p.x_st, oo = b * p.o_sb + h * p.o_sh + t * p.o_st;
         const float* c = p.cos + b * p.cs_sb + t * p.D;
         const float* s = p.sin + b * p.cs_sb + t * p.D;
-        for (int64_t d = 0; d < p.D; ++d) {
-          const float x = ld(p.x, xo + d, p.bf16);
-          const float other = d < half ? -ld(p.x, xo + d + half, p.bf16) : ld(p.x, xo + d - half, p.bf16);
-          volatile float a = x * c[d];   // volatile: two roundings and a sum, never a fused multiply-add
-          volatile float r = other * s[d];
+        for (int64_t d = 0; d < half; ++d) {  // both halves of a pair read before either is written (in place)
+          const float x1 = ld(p.x, xo + d, p.bf16), x2 = ld(p.x, xo + d + half, p.bf16);
+          volatile float a = x1 * c[d];  // volatile: two roundings and a sum, never a fused multiply-add
+          volatile float r = -x2 * s[d];
+          volatile float a2 = x2 * c[d + half];
+          volatile float r2 = x1 * s[d + half];
           st(p.out, oo + d, a + r, p.bf16);
+          st(p.out, oo + d + half, a2 + r2, p.bf16);
         }
       }
 }

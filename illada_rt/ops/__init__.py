@@ -88,8 +88,8 @@ _SWIGLU_KERNEL_WINS: dict = {}  # threads -> whether the fused kernel beat PyTor
 
 def swiglu_uses_kernel() -> bool:
     """Whether bf16 SwiGLU runs the fused kernel here: measured once per thread count on this CPU (best of 5 on a
-    64 x 4096 problem), since the two give the same bits and only speed differs. The kernel is a single pass, but
-    its exp and division cost more than PyTorch's on some CPUs (Zen 5: 0.89-0.99x, bench/test_bench_norm_act.py)."""
+    64 x 4096 problem), since the two give the same bits and only speed differs. The kernel is one pass with its own
+    exp and a division per element: 1.3-1.6x PyTorch on Zen 5 (bench/test_bench_norm_act.py), but no CPU is assumed."""
     threads = _threads()
     if threads not in _SWIGLU_KERNEL_WINS:
         import time
