@@ -92,6 +92,10 @@ def test_op_routes_small_m_to_the_kernel_and_large_m_to_pytorch(monkeypatch):
     q, k = ops.linear_bf16(small, [w1, w2])
     assert q.shape == (2, 5, 40) and k.shape == (2, 5, 24) and q.dtype == torch.bfloat16
     _check_close(q.reshape(10, 40), small.reshape(10, K), w1)
+    sliced = small[:, 1:4]  # rows of two canvases, not evenly strided: the op copies them first
+    assert torch.equal(ops.linear_bf16(sliced, [w1])[0], ops.linear_bf16(sliced.contiguous(), [w1])[0])
+    with pytest.raises(ValueError, match="evenly strided rows"):
+        _C.gemm_bf16(sliced, [w1], [torch.empty(2, 3, 40, dtype=torch.bfloat16)], 1)
     big = _bf16(ops.BF16_GEMM_MAX_M + 1, K, seed=11)
     assert torch.equal(ops.linear_bf16(big, [w1])[0], F.linear(big, w1))  # PyTorch's GEMM above the threshold
     forced = ops.linear_bf16(big, [w1], force=True)[0]

@@ -243,3 +243,21 @@ def test_linear_w8a8_multi_argument_checks():
         _C.linear_w8a8_multi(x, [w.packed] * 2, [w.colsum], [w.scale] * 2, outs)
     with pytest.raises((ValueError, TypeError), match=r"outs\[0\]: dimension 1"):
         _C.linear_w8a8_multi(x, [w.packed], [w.colsum], [w.scale], [torch.zeros(4, 15)])
+
+
+def test_linears_take_rows_of_any_rank():
+    """The linear ops hand [B, T, K] activations to the kernels as they are (contiguous) or as copied rows (a slice
+    of several canvases): the same numbers as the 2-D call either way, outputs shaped [B, T, N]."""
+    g = torch.Generator().manual_seed(21)
+    x = torch.randn(2, 7, 48, generator=g).bfloat16()
+    w = _rand_i8(24, 48, seed=3)
+    pw = ops.pack_int8_weight(w, torch.rand(24, generator=g) * 1e-2)
+    for xs in (x, x[:, 1:6], x[:1, 1:6]):
+        want = ops.linear_w8a8(xs.reshape(-1, 48).contiguous(), pw)
+        got = ops.linear_w8a8(xs, pw)
+        assert got.shape == (*xs.shape[:-1], 24) and torch.equal(got.reshape(-1, 24), want)
+        multi = ops.linear_w8a8_multi(xs, [pw, pw])
+        assert all(torch.equal(m.reshape(-1, 24), want) for m in multi)
+    out = torch.empty(2, 5, 24, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="evenly strided rows"):
+        _C.linear_w8a8(x[:, 1:6], pw.packed, pw.colsum, pw.scale, out, 1)

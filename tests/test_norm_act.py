@@ -185,3 +185,25 @@ def test_in_place_outputs_match_the_reference(isa):
     else:
         assert torch.equal(x, want)
     assert torch.equal(gate, want_s) and torch.equal(q, want_r)
+
+
+def test_bindings_take_rows_of_any_rank():
+    """[B, T, D] activations go to the bindings as they are when their leading dimensions form evenly strided rows
+    (any contiguous tensor, a slice of T with B = 1); otherwise the binding names the problem, and the ops copy."""
+    g = torch.Generator().manual_seed(13)
+    h = (torch.randn(2, 9, 40, generator=g) * 3).bfloat16()
+    w = (torch.rand(40, generator=g) + 0.5).bfloat16()
+    out = torch.empty_like(h)
+    _C.rms_norm(h, w, 1e-5, out, 2)
+    assert torch.equal(out, reference.rms_norm(h, w, 1e-5))
+    one = h[:1, 2:7]  # B = 1: rows 2..6 of one canvas, evenly strided
+    out = torch.empty(1, 5, 40, dtype=torch.bfloat16)
+    _C.rms_norm(one, w, 1e-5, out, 2)
+    assert torch.equal(out, reference.rms_norm(one, w, 1e-5))
+    both = h[:, 2:7]  # B = 2: the rows of the two canvases are not evenly strided
+    with pytest.raises(ValueError, match="evenly strided rows"):
+        _C.rms_norm(both, w, 1e-5, torch.empty(2, 5, 40, dtype=torch.bfloat16), 2)
+    assert torch.equal(ops.rms_norm(both, w, 1e-5), reference.rms_norm(both, w, 1e-5))
+    assert torch.equal(ops.swiglu(both, both * 2), reference.swiglu(both, both * 2))
+    with pytest.raises(ValueError, match="at least 2 dimensions"):
+        _C.rms_norm(h[0, 0], w, 1e-5, torch.empty(40, dtype=torch.bfloat16), 2)

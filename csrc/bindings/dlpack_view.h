@@ -83,6 +83,31 @@ struct TensorView {
   void expect_rank(int64_t r) const {
     ILLADA_CHECK(ndim() == r, name << ": expected a " << r << "-D tensor, got shape " << shape_str());
   }
+  // A [rows, cols] matrix: a tensor of rank >= 2 whose leading dimensions merge into one evenly strided rows
+  // dimension (any contiguous tensor, or a slice of the last two dimensions of one with a single leading row) is
+  // viewed as 2-D in place, so callers pass [B, T, D] activations without reshaping them in Python.
+  void expect_rows() {
+    ILLADA_CHECK(ndim() >= 2, name << ": expected a tensor of at least 2 dimensions (rows x columns), got shape "
+                                   << shape_str());
+    if (ndim() == 2) return;
+    int64_t rows = 1, stride = 0;
+    bool first = true;
+    for (int64_t d = ndim() - 2; d >= 0; --d) {  // innermost leading dimension first
+      if (shape[d] == 1) continue;
+      if (first) {
+        stride = strides[d];
+        first = false;
+      } else {
+        ILLADA_CHECK(shape[d] == 0 || rows == 0 || strides[d] == stride * rows,
+                     name << ": its leading dimensions do not form evenly strided rows (shape " << shape_str()
+                          << "); pass a contiguous tensor");
+      }
+      rows *= shape[d];
+    }
+    const int64_t cols = shape.back(), col_stride = strides.back();
+    shape = {rows, cols};
+    strides = {first ? cols : stride, col_stride};
+  }
   void expect_dim(int64_t d, int64_t size, const char* what) const {
     ILLADA_CHECK(shape[d] == size, name << ": dimension " << d << " must equal " << what << " (" << size
                                         << "), got shape " << shape_str());

@@ -126,11 +126,11 @@ void gemm_s8(py::handle a_, py::handle packed_, py::handle colsum_, int64_t N, p
 struct LinearShape {
   int64_t M, K, N;
 };
-LinearShape check_linear(const TensorView& x, std::initializer_list<DType> x_dtypes, const TensorView& ws,
-                         const TensorView& out) {
+LinearShape check_linear(TensorView& x, std::initializer_list<DType> x_dtypes, const TensorView& ws,
+                         TensorView& out) {
   x.expect_cpu();
   x.expect_dtype(x_dtypes);
-  x.expect_rank(2);
+  x.expect_rows();
   x.expect_inner_contiguous();
   ws.expect_cpu();
   ws.expect_dtype({DType::f32});
@@ -139,7 +139,7 @@ LinearShape check_linear(const TensorView& x, std::initializer_list<DType> x_dty
   const int64_t M = x.shape[0], K = x.shape[1], N = ws.shape[0];
   out.expect_cpu();
   out.expect_dtype({DType::f32, DType::bf16});
-  out.expect_rank(2);
+  out.expect_rows();
   out.expect_dim(0, M, "x.shape[0]");
   out.expect_dim(1, N, "w_scale.shape[0]");
   out.expect_inner_contiguous();
@@ -237,7 +237,7 @@ void gemm_bf16(py::handle x_, const py::sequence& weights, const py::sequence& o
   auto x = view(x_, "x");
   x.expect_cpu();
   x.expect_dtype({DType::bf16});
-  x.expect_rank(2);
+  x.expect_rows();
   x.expect_inner_contiguous();
   const int64_t M = x.shape[0], K = x.shape[1];
   const size_t n = weights.size();
@@ -261,7 +261,7 @@ void gemm_bf16(py::handle x_, const py::sequence& weights, const py::sequence& o
     o.expect_dtype({DType::f32, DType::bf16});
     ILLADA_CHECK(o.dtype == os[0].dtype, "outs: every output must have one dtype (outs[0] and outs[" << s
                                              << "] differ)");
-    o.expect_rank(2);
+    o.expect_rows();
     o.expect_dim(0, M, "x.shape[0]");
     o.expect_dim(1, w.shape[0], "the weight's shape[0]");
     o.expect_inner_contiguous();

@@ -14,7 +14,7 @@ namespace {
 cpu::RowsParams rows_params(TensorView& x, TensorView& out, int n_threads) {
   for (auto* t : {&x, &out}) {
     t->expect_cpu();
-    t->expect_rank(2);
+    t->expect_rows();
     t->expect_inner_contiguous();
   }
   x.expect_dtype({DType::f32, DType::bf16});
@@ -50,7 +50,7 @@ void swiglu(py::handle gate_, py::handle up_, py::handle out_, int n_threads, co
   auto g = view(gate_, "gate"), u = view(up_, "up"), out = view(out_, "out");
   cpu::RowsParams p = rows_params(g, out, n_threads);
   u.expect_cpu();
-  u.expect_rank(2);
+  u.expect_rows();
   u.expect_inner_contiguous();
   ILLADA_CHECK_TYPE(u.dtype == g.dtype, "up: expected dtype " << dtype_name(g.dtype) << ", got " << dtype_name(u.dtype));
   u.expect_dim(0, g.shape[0], "gate.shape[0]");

@@ -25,15 +25,32 @@ else:
 KERNEL_MODES = ("auto", "reference")
 
 
+# os.environ's backing dict (CPython keeps the raw bytes there): read on every op, the variable may change at any
+# time (tests and benches switch it), and a lookup there costs a tenth of os.environ.get's encode-and-decode.
+_ENV_BYTES = getattr(os.environ, "_data", None)
+_ENV_KEY = os.environ.encodekey("ILLADA_RT_KERNELS") if hasattr(os.environ, "encodekey") else None
+_MODE_CACHE: dict = {}  # raw value -> parsed mode
+
+
 def kernel_mode() -> str:
-    mode = os.environ.get("ILLADA_RT_KERNELS", "auto").strip().lower() or "auto"
-    if mode not in KERNEL_MODES:
-        raise ValueError(f"ILLADA_RT_KERNELS must be one of {', '.join(KERNEL_MODES)}, got {mode!r}")
+    raw = _ENV_BYTES.get(_ENV_KEY) if _ENV_KEY is not None else os.environ.get("ILLADA_RT_KERNELS")
+    mode = _MODE_CACHE.get(raw)
+    if mode is None:
+        text = raw.decode() if isinstance(raw, bytes) else (raw or "")
+        mode = text.strip().lower() or "auto"
+        if mode not in KERNEL_MODES:
+            raise ValueError(f"ILLADA_RT_KERNELS must be one of {', '.join(KERNEL_MODES)}, got {mode!r}")
+        _MODE_CACHE[raw] = mode
     return mode
 
 
 def use_cpu_kernel(*tensors: torch.Tensor) -> bool:
-    return _C is not None and all(t.is_cpu for t in tensors) and kernel_mode() == "auto"
+    if _C is None:
+        return False
+    for t in tensors:  # (a loop: a generator in all() costs more than the checks at a decoding step's sizes)
+        if not t.is_cpu:
+            return False
+    return kernel_mode() == "auto"
 
 
 def use_cuda_kernel(name: str, *tensors: torch.Tensor) -> bool:
@@ -70,10 +87,10 @@ def _fused_rows_ok(*tensors: torch.Tensor) -> bool:
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """LLaDA's RMSNorm (reference.rms_norm), fused for bf16 on CPU (bit-identical to the reference)."""
     if x.dim() >= 1 and x.shape[-1] and _fused_rows_ok(x, weight) and weight.is_contiguous():
-        x2 = x.reshape(-1, x.shape[-1])
-        out = torch.empty(x2.shape, dtype=x.dtype)
+        x2 = x if x.dim() >= 2 and x.is_contiguous() else _rows(x)  # the binding takes [..., D] rows as they are
+        out = torch.empty_like(x2)
         _C.rms_norm(x2, weight, float(eps), out, _threads())
-        return out.reshape(x.shape)
+        return out if x2 is x else out.reshape(x.shape)
     return reference.rms_norm(x, weight, eps)
 
 
@@ -113,7 +130,9 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     the two here (swiglu_uses_kernel), else PyTorch's."""
     if (gate.shape == up.shape and gate.dim() >= 1 and gate.shape[-1] and _fused_rows_ok(gate, up)
             and swiglu_uses_kernel()):
-        return _swiglu_kernel(gate.reshape(-1, gate.shape[-1]), up.reshape(-1, up.shape[-1])).reshape(gate.shape)
+        if gate.dim() >= 2 and gate.is_contiguous() and up.is_contiguous():  # rows as they are
+            return _swiglu_kernel(gate, up)
+        return _swiglu_kernel(_rows(gate), _rows(up)).reshape(gate.shape)
     return reference.swiglu(gate, up)
 
 
@@ -212,6 +231,14 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
     return x2 if x2.stride(-1) == 1 else x2.contiguous()
 
 
+def _gemm_rows(x: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+    """(x as the GEMM bindings take it, the leading shape of its outputs): a contiguous x of rank >= 2 as it is (the
+    bindings view its leading dimensions as rows), anything else as _rows(x)."""
+    if x.dim() >= 2 and x.is_contiguous():
+        return x, tuple(x.shape[:-1])
+    return _rows(x), tuple(x.shape[:-1])
+
+
 def _threads() -> int:
     return max(1, torch.get_num_threads())
 
@@ -280,10 +307,10 @@ def linear_bf16(x: torch.Tensor, weights, isa: str | None = None, force: bool = 
                              f"{tuple(getattr(w, 'shape', ())) or type(w).__name__}")
     if linear_bf16_route(x, weights, force) == "torch":  # (also for fp32, other devices, the reference mode)
         return [torch.nn.functional.linear(x, w) for w in weights]
-    x2 = _rows(x)
-    outs = [torch.empty(x2.shape[0], w.shape[0], dtype=torch.bfloat16) for w in weights]
+    x2, lead = _gemm_rows(x)
+    outs = [torch.empty((*lead, w.shape[0]), dtype=torch.bfloat16) for w in weights]
     _C.gemm_bf16(x2, weights, outs, _threads(), isa)
-    return [o.reshape(*x.shape[:-1], o.shape[1]) for o in outs]
+    return outs
 
 
 def pack_int8_weight(weight: torch.Tensor, scale: torch.Tensor) -> Int8Weight:
@@ -315,10 +342,10 @@ def linear_w8a8(x: torch.Tensor, w: Int8Weight, out_dtype: torch.dtype | None = 
     if not (use_cpu_kernel(x) and x.dtype in (torch.float32, torch.bfloat16)
             and out_dtype in (torch.float32, torch.bfloat16)):
         return reference.linear_w8a8(x, w.weight().to(x.device), w.scale.to(x.device), out_dtype)
-    x2 = _rows(x)
-    out = torch.empty(x2.shape[0], w.N, dtype=out_dtype)
+    x2, lead = _gemm_rows(x)
+    out = torch.empty((*lead, w.N), dtype=out_dtype)
     _C.linear_w8a8(x2, w.packed, w.colsum, w.scale, out, _threads(), isa)
-    return out.reshape(*x.shape[:-1], w.N)
+    return out
 
 
 def linear_w8a8_multi(x: torch.Tensor, ws, out_dtype: torch.dtype | None = None,
@@ -334,11 +361,11 @@ def linear_w8a8_multi(x: torch.Tensor, ws, out_dtype: torch.dtype | None = None,
         return [linear_w8a8(x, w, out_dtype, isa) for w in ws]
     if x.shape[-1] != ws[0].K:
         raise ValueError(f"x: last dimension {x.shape[-1]} does not match the weight's K = {ws[0].K}")
-    x2 = _rows(x)
-    outs = [torch.empty(x2.shape[0], w.N, dtype=out_dtype) for w in ws]
+    x2, lead = _gemm_rows(x)
+    outs = [torch.empty((*lead, w.N), dtype=out_dtype) for w in ws]
     _C.linear_w8a8_multi(x2, [w.packed for w in ws], [w.colsum for w in ws], [w.scale for w in ws], outs, _threads(),
                          isa)
-    return [o.reshape(*x.shape[:-1], w.N) for o, w in zip(outs, ws)]
+    return outs
 
 
 @dataclass(frozen=True)
@@ -382,10 +409,10 @@ def linear_fp8w(x: torch.Tensor, w: Fp8Weight, out_dtype: torch.dtype | None = N
         return cuda_gemm.linear(x, cuda_gemm.from_cpu_weight(w), out_dtype)
     if not (use_cpu_kernel(x) and x.dtype == torch.bfloat16 and out_dtype in (torch.float32, torch.bfloat16)):
         return reference.linear_fp8w(x, w.weight().to(x.device), w.scale.to(x.device), out_dtype)
-    x2 = _rows(x)
-    out = torch.empty(x2.shape[0], w.N, dtype=out_dtype)
+    x2, lead = _gemm_rows(x)
+    out = torch.empty((*lead, w.N), dtype=out_dtype)
     _C.gemm_f8w(x2, w.packed, w.scale, out, _threads(), isa)
-    return out.reshape(*x.shape[:-1], w.N)
+    return out
 
 
 def cpu_isa() -> str:
