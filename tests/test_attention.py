@@ -55,6 +55,20 @@ def test_bf16_error_is_at_most_twice_torch_bf16(isa, shape):
 
 
 @pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_scratch_reused_from_a_larger_call_leaks_nothing(isa, dtype):
+    """The kernel keeps its packing buffers across calls (uninitialised): a call after a larger one, with keys that
+    end inside a 16-key group, must see none of the larger call's keys, values or mask entries."""
+    big = _inputs(1, 4, 2, 9, 64, 128, dtype, seed=5)
+    _run(*big[:3], None, isa)  # every key of the larger call valid
+    q, k, v, mask = _inputs(1, 4, 2, 9, 37, 128, dtype, seed=6)
+    for m in (None, mask):
+        got = _run(q, k, v, m, isa).double()
+        want = reference.attention(q.double(), k.double(), v.double(), m)
+        torch.testing.assert_close(got, want, rtol=0, atol=2e-5 if dtype == torch.float32 else 2e-2)
+
+
+@pytest.mark.parametrize("isa", ISAS)
 def test_fully_masked_rows_are_zero_and_padding_keys_are_ignored(isa):
     q, k, v, mask = _inputs(2, 4, 2, 6, 40, 128, torch.float32, seed=2)
     mask[1] = False

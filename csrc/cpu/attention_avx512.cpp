@@ -14,6 +14,7 @@
 #include <memory>
 #include <vector>
 
+#include "scratch.h"
 #include "attention.h"
 #include "avx512_util.h"
 #include "gemm_w8a8.h"
@@ -264,15 +265,17 @@ void run(const AttentionParams& p) {
   const int64_t tkp = round_up(p.Tk, 16), group = p.Hq / p.Hkv;
   // keys: bf16 -> [D/2][tkp] pairs (uint32), fp32 -> [D][tkp]; additive mask per batch
   const int64_t kt_words = BF ? D / 2 * tkp : D * tkp;
-  // Left uninitialized: the packing below writes every word of both (keys past Tk as zeros); zero-filling them first
-  // cost as much as packing at a cache step's shapes (Tq = 32 against a canvas of keys).
-  std::unique_ptr<uint32_t[]> kt(new uint32_t[static_cast<size_t>(p.B * p.Hkv * kt_words)]);
-  std::vector<float> madd(static_cast<size_t>(p.B * tkp), kNegInf);
-  std::unique_ptr<uint32_t[]> vpk(BF ? new uint32_t[static_cast<size_t>(p.B * p.Hkv * (tkp / 2) * D)] : nullptr);
+  // Per-thread scratch kept across calls (scratch.h), left uninitialized: the packing below writes every word of
+  // both buffers (keys past Tk as zeros) and every mask entry up to tkp; zero-filling first cost as much as packing
+  // at a cache step's shapes (Tq = 32 against a canvas of keys).
+  uint32_t* const kt = scratch_as<uint32_t>(ScratchSlot::attention_keys, static_cast<size_t>(p.B * p.Hkv * kt_words));
+  float* const madd = scratch_as<float>(ScratchSlot::attention_mask, static_cast<size_t>(p.B * tkp));
+  uint32_t* const vpk =
+      BF ? scratch_as<uint32_t>(ScratchSlot::attention_values, static_cast<size_t>(p.B * p.Hkv * (tkp / 2) * D)) : nullptr;
 #pragma omp parallel for collapse(2) num_threads(p.n_threads) schedule(static)
   for (int64_t b = 0; b < p.B; ++b) {
     for (int64_t hk = 0; hk < p.Hkv; ++hk) {
-      uint32_t* ktp = kt.get() + (b * p.Hkv + hk) * kt_words;
+      uint32_t* ktp = kt + (b * p.Hkv + hk) * kt_words;
       const int64_t k0 = b * p.k_sb + hk * p.k_sh;
       // K^T, 16 keys x 16 words at a time through an in-register transpose (a word is a bf16 pair or one fp32)
       const int64_t words = BF ? D / 2 : D;
@@ -289,7 +292,7 @@ void run(const AttentionParams& p) {
         }
       }
       if (BF) {  // values as pairs of keys per head dim: word (jp, d) = (v[2jp][d], v[2jp+1][d])
-        uint32_t* vpp = vpk.get() + (b * p.Hkv + hk) * (tkp / 2) * D;
+        uint32_t* vpp = vpk + (b * p.Hkv + hk) * (tkp / 2) * D;
         const uint16_t* vb = static_cast<const uint16_t*>(p.v) + b * p.v_sb + hk * p.v_sh;
         const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
                                                     23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
@@ -305,8 +308,8 @@ void run(const AttentionParams& p) {
           }
       }
       if (hk == 0)
-        for (int64_t j = 0; j < p.Tk; ++j)
-          madd[b * tkp + j] = (p.key_mask == nullptr || p.key_mask[b * p.km_sb + j]) ? 0.f : kNegInf;
+        for (int64_t j = 0; j < tkp; ++j)  // keys past Tk (up to the 16-key multiple) are masked out
+          madd[b * tkp + j] = j < p.Tk && (p.key_mask == nullptr || p.key_mask[b * p.km_sb + j]) ? 0.f : kNegInf;
     }
   }
   const int64_t tiles = (p.Tq + kRowsPerTask - 1) / kRowsPerTask;
@@ -315,11 +318,11 @@ void run(const AttentionParams& p) {
     for (int64_t h = 0; h < p.Hq; ++h) {
       for (int64_t t = 0; t < tiles; ++t) {
         const int64_t hk = h / group;
-        const uint32_t* ktp = kt.get() + (b * p.Hkv + hk) * kt_words;
+        const uint32_t* ktp = kt + (b * p.Hkv + hk) * kt_words;
         // bf16: the packed value pairs; fp32: values read in place
-        const void* vvp = BF ? static_cast<const void*>(vpk.get() + (b * p.Hkv + hk) * (tkp / 2) * D)
+        const void* vvp = BF ? static_cast<const void*>(vpk + (b * p.Hkv + hk) * (tkp / 2) * D)
                              : static_cast<const void*>(static_cast<const float*>(p.v) + b * p.v_sb + hk * p.v_sh);
-        const float* mp = madd.data() + b * tkp;
+        const float* mp = madd + b * tkp;
         const int64_t end = (t + 1) * kRowsPerTask < p.Tq ? (t + 1) * kRowsPerTask : p.Tq;
         query_task<BF, ND>(p, ktp, vvp, mp, tkp, b, h, t * kRowsPerTask, end);
       }

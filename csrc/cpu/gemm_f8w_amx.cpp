@@ -12,6 +12,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "scratch.h"
 #include "amx_gemm.h"
 #include "amx_tiles.h"
 #include "avx512_util.h"
@@ -25,9 +26,11 @@ namespace {
 template <class Tiles>
 void run_amx(const GemmF8Params& p) {
   const int64_t K32 = round_up(p.K, 32), Mp = round_up(p.M, 32), NB = round_up(p.N, 16) / 16;
-  std::vector<uint16_t> a(static_cast<size_t>(Mp * K32), 0);
+  const size_t a_elems = static_cast<size_t>(Mp * K32);  // zero padding: rows past M, columns past K
+  uint16_t* const a = scratch_as<uint16_t>(ScratchSlot::gemm_operand, a_elems);
+  std::memset(a, 0, a_elems * 2);
 #pragma omp parallel for num_threads(p.n_threads) schedule(static)
-  for (int64_t m = 0; m < p.M; ++m) std::memcpy(a.data() + m * K32, p.x + m * p.ldx, static_cast<size_t>(p.K) * 2);
+  for (int64_t m = 0; m < p.M; ++m) std::memcpy(a + m * K32, p.x + m * p.ldx, static_cast<size_t>(p.K) * 2);
   auto b_tile = [&](int j, int64_t panel, int64_t s, uint8_t* scratch) -> const void* {
     const int64_t nb = panel * 2 + j;
     for (int64_t r = 0; r < 16; ++r) {  // tile row r: K pair s * 16 + r of the block's 16 channels
@@ -54,7 +57,7 @@ void run_amx(const GemmF8Params& p) {
     });
   };
   amx::blocked_gemm<Tiles, amx::Dot::bf16>(p.n_threads, Mp / 32, (NB + 1) / 2, K32 / 32,
-                                           reinterpret_cast<const uint8_t*>(a.data()), K32 * 2, b_tile, epilogue);
+                                           reinterpret_cast<const uint8_t*>(a), K32 * 2, b_tile, epilogue);
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <vector>
 
+#include "scratch.h"
 #include "gemm_f8w.h"
 #include "avx512_util.h"
 #include "gemm_w8a8.h"
@@ -72,12 +73,14 @@ void gemm_f8w_avx512(const GemmF8Params& p) {
   // activations are copied into an even-width, zero-padded buffer in that case only.
   const uint16_t* xs = p.x;
   int64_t ldxs = p.ldx;
-  std::vector<uint16_t> padded;
   if (p.K % 2) {
     ldxs = p.K2 * 2;
-    padded.assign(static_cast<size_t>(p.M * ldxs), 0);
-    for (int64_t m = 0; m < p.M; ++m) std::memcpy(padded.data() + m * ldxs, p.x + m * p.ldx, p.K * 2);
-    xs = padded.data();
+    uint16_t* const padded = scratch_as<uint16_t>(ScratchSlot::gemm_operand, static_cast<size_t>(p.M * ldxs));
+    for (int64_t m = 0; m < p.M; ++m) {
+      std::memcpy(padded + m * ldxs, p.x + m * p.ldx, p.K * 2);
+      padded[m * ldxs + p.K] = 0;
+    }
+    xs = padded;
   }
   avx512::for_each_gemm_task(p.M, p.N, kRowsPerTask, kNV, p.n_threads,
                              [&](int64_t m_begin, int64_t m_end, int64_t nb0, int nv) {

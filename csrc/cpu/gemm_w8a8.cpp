@@ -1,4 +1,5 @@
 // Packing, activation quantization and ISA dispatch for the W8A8 GEMM (see gemm_w8a8.h).
+#include "scratch.h"
 #include "gemm_w8a8.h"
 
 #include "../common/check.h"
@@ -60,24 +61,25 @@ void linear_w8a8(const LinearW8A8Params& p, Isa isa) {
 void linear_w8a8_segments(const LinearW8A8Params& p, const W8A8Segment* seg, int n_seg, Isa isa) {
   if (p.M == 0) return;
   const int64_t Kp = round_up(p.K, 4);
-  std::vector<int8_t> q(static_cast<size_t>(p.M * Kp));
-  std::vector<float> xs(static_cast<size_t>(p.M));
+  // quantized x and its row scales in per-thread scratch kept across calls (scratch.h); both fully written below
+  int8_t* const q = scratch_as<int8_t>(ScratchSlot::linear_activations, static_cast<size_t>(p.M * Kp));
+  float* const xs = scratch_as<float>(ScratchSlot::linear_scales, static_cast<size_t>(p.M));
   GemmS8Params g{};
-  g.a = q.data();
+  g.a = q;
   g.lda = Kp;
 #if defined(ILLADA_HAVE_AVX512)
   if (isa >= Isa::avx512) {
-    quantize_rows_s8_avx512(p.x, p.x_is_bf16, p.ldx, p.M, p.K, q.data(), xs.data(), /*shifted=*/true, p.n_threads);
+    quantize_rows_s8_avx512(p.x, p.x_is_bf16, p.ldx, p.M, p.K, q, xs, /*shifted=*/true, p.n_threads);
     g.a_shifted = true;
   } else
 #endif
   {
-    quantize_rows_s8(p.x, p.x_is_bf16, p.ldx, p.M, p.K, q.data(), xs.data(), p.n_threads);
+    quantize_rows_s8(p.x, p.x_is_bf16, p.ldx, p.M, p.K, q, xs, p.n_threads);
   }
   g.M = p.M;
   g.K4 = Kp / 4;
   g.out_kind = p.out_is_bf16 ? OutKind::bf16 : OutKind::f32;
-  g.a_scale = xs.data();
+  g.a_scale = xs;
   g.n_threads = p.n_threads;
   for (int s = 0; s < n_seg; ++s) {
     g.w_packed = seg[s].w_packed;

@@ -17,6 +17,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "scratch.h"
 #include "../common/check.h"
 #include "amx_gemm.h"
 #include "amx_tiles.h"
@@ -31,12 +32,14 @@ template <class Tiles>
 void run_amx(const GemmS8Params& p) {
   const int64_t Kp = p.K4 * 4, K64 = round_up(Kp, 64), Mp = round_up(p.M, 32);
   const int64_t NB = round_up(p.N, 16) / 16;
-  std::vector<int8_t> a(static_cast<size_t>(Mp * K64), 0);
+  const size_t a_bytes = static_cast<size_t>(Mp * K64);  // zero padding: rows past M, columns past Kp
+  int8_t* const a = scratch_as<int8_t>(ScratchSlot::gemm_operand, a_bytes);
+  std::memset(a, 0, a_bytes);
   const uint8_t flip = p.a_shifted ? 0x80 : 0;
 #pragma omp parallel for num_threads(p.n_threads) schedule(static)
   for (int64_t m = 0; m < p.M; ++m) {
     const uint8_t* src = reinterpret_cast<const uint8_t*>(p.a + m * p.lda);
-    uint8_t* dst = reinterpret_cast<uint8_t*>(a.data() + m * K64);
+    uint8_t* dst = reinterpret_cast<uint8_t*>(a + m * K64);
     for (int64_t k = 0; k < Kp; ++k) dst[k] = src[k] ^ flip;
   }
   alignas(64) static const uint8_t zero_tile[16 * 64] = {};
@@ -57,7 +60,7 @@ void run_amx(const GemmS8Params& p) {
     });
   };
   amx::blocked_gemm<Tiles, amx::Dot::s8s8>(p.n_threads, Mp / 32, (NB + 1) / 2, K64 / 64,
-                                           reinterpret_cast<const uint8_t*>(a.data()), K64, b_tile, epilogue);
+                                           reinterpret_cast<const uint8_t*>(a), K64, b_tile, epilogue);
 }
 
 }  // namespace
