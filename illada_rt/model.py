@@ -193,6 +193,22 @@ class Transformer:
         self.head = self.embed if cfg.tied_embeddings else load.linear(g["head"], (e, d))
         load.check_all_read(cfg)
         load.release_again()
+        self._rope = None  # (a copy of the positions or None, (T, device), cos, sin): see _rope_tables
+
+    def _rope_tables(self, positions: torch.Tensor | None, T: int, device: torch.device):
+        """cos/sin of the whole canvas, [T, head_dim] or [B, T, head_dim]. A decode passes the same positions (or
+        none) to every forward, so the last call's tables are kept and reused while the positions are equal to a
+        copy kept with them (a comparison of B x T integers against recomputing the tables' cos and sin)."""
+        c, key = self._rope, (T, device)
+        if c is not None and c[1] == key and (
+                (positions is None and c[0] is None)
+                or (positions is not None and c[0] is not None and c[0].shape == positions.shape
+                    and c[0].device == positions.device and bool(torch.equal(c[0], positions)))):
+            return c[2], c[3]
+        pos = torch.arange(T, device=device) if positions is None else positions
+        cos, sin = ops.rope_cos_sin(pos, self.cfg.head_dim, self.cfg.rope_theta)
+        self._rope = (None if positions is None else positions.clone(), key, cos, sin)
+        return cos, sin
 
     def weight_bytes(self) -> dict:
         """Bytes the weights take on their device: quantized linears as held (packed, or dequantized), dense tensors,
@@ -230,13 +246,11 @@ class Transformer:
         cfg = self.cfg
         B, L = ids.shape
         T = L if cache_from is None else cache.length
-        if positions is None:
-            positions = torch.arange(T, device=ids.device)
+        if cache_from is not None and not 0 <= cache_from <= T - L:
+            raise ValueError(f"cache_from={cache_from} with {L} columns does not fit a cache of {T}")
+        cos, sin = self._rope_tables(positions, T, ids.device)
         if cache_from is not None:
-            if not 0 <= cache_from <= T - L:
-                raise ValueError(f"cache_from={cache_from} with {L} columns does not fit a cache of {T}")
-            positions = positions[..., cache_from:cache_from + L]
-        cos, sin = ops.rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta)
+            cos, sin = cos[..., cache_from:cache_from + L, :], sin[..., cache_from:cache_from + L, :]
         h = F.embedding(ids, self.embed)
         H, Hkv, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         for i, w in enumerate(self.layers):

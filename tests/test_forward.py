@@ -109,3 +109,25 @@ def test_weights_are_memory_mapped(checkpoints):
     f16 = m16.transformer.store.files[0]
     base, size = f16.mapped_range()
     assert not base <= m16.transformer.embed.data_ptr() < base + size
+
+
+def test_rope_tables_are_reused_only_for_the_same_positions(checkpoints):
+    """The transformer keeps the last call's cos/sin tables (a decode passes the same positions to every forward):
+    a changed positions tensor (in place or new), another canvas length or a cached slice must still give what a
+    fresh model gives."""
+    path = checkpoints["llada_gqa"]
+    tf = illada_rt.load(path).transformer
+    ids = _ids(2, 12, seed=4)
+    pos = torch.arange(12).repeat(2, 1)
+    first = tf.forward(ids, positions=pos)
+    torch.testing.assert_close(tf.forward(ids, positions=pos), first, rtol=0, atol=0)
+    pos[1] += 3  # in place: the tables must follow
+    fresh = illada_rt.load(path).transformer
+    torch.testing.assert_close(tf.forward(ids, positions=pos), fresh.forward(ids, positions=pos.clone()), rtol=0, atol=0)
+    assert not torch.equal(tf.forward(ids, positions=pos)[1], first[1])
+    torch.testing.assert_close(tf.forward(ids[:, :7]), fresh.forward(ids[:, :7]), rtol=0, atol=0)  # default, other T
+    torch.testing.assert_close(tf.forward(ids), fresh.forward(ids), rtol=0, atol=0)
+    cache = illada_rt.model.KVCache(tf.cfg.n_layers)
+    tf.forward(ids, positions=pos, cache=cache)
+    part = tf.forward(ids[:, 4:9], positions=pos, cache=cache, cache_from=4)
+    torch.testing.assert_close(part, tf.forward(ids, positions=pos)[:, 4:9], atol=1e-5, rtol=0)
