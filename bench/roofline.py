@@ -79,7 +79,7 @@ def gemm_peaks(threads: int) -> dict:
 
 
 CATEGORIES = {"gemm": ("linear", "linears"), "attention": ("attention",),
-              "norms/activations/rope": ("rms_norm", "swiglu", "apply_rope", "rope_cos_sin"),
+              "norms/activations/rope": ("rms_norm", "add_rms_norm", "swiglu", "apply_rope", "rope_cos_sin"),
               "sampling/selection": ("sample_tokens", "sample_greedy", "select_confident")}
 
 

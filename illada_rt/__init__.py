@@ -67,6 +67,8 @@ def capabilities() -> dict:
                           if status["_C"] and status["kernel_mode"] == "auto"
                           and status["cpu"]["isa"] in ("avx2", "avx512", "amx") else "reference", "cuda": cuda["sample_tokens"]},
         "rms_norm": {"cpu": "_C (avx512) for bf16, torch otherwise" if on_avx512 else "torch", "cuda": "torch"},
+        # a block's residual add and the RMSNorm after it (every norm but the first block's)
+        "add_rms_norm": {"cpu": "_C (avx512) for bf16, torch otherwise" if on_avx512 else "torch", "cuda": "torch"},
         # the same bits either way; measured once which is faster here (costs ~1 ms at the first call)
         "swiglu": {"cpu": ("_C (avx512) for bf16" if ops.swiglu_uses_kernel() else "torch (measured faster here)")
                    if on_avx512 else "torch", "cuda": "torch"},

@@ -253,8 +253,13 @@ class Transformer:
             cos, sin = cos[..., cache_from:cache_from + L, :], sin[..., cache_from:cache_from + L, :]
         h = F.embedding(ids, self.embed)
         H, Hkv, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        eps = cfg.rms_norm_eps
+        down = None  # the previous block's MLP output, added to h together with the next norm (ops.add_rms_norm)
         for i, w in enumerate(self.layers):
-            n = ops.rms_norm(h, w.attn_norm, cfg.rms_norm_eps)
+            if down is None:
+                n = ops.rms_norm(h, w.attn_norm, eps)
+            else:
+                h, n = ops.add_rms_norm(h, down, w.attn_norm, eps)
             q, k, v = linears(n, (w.q, w.k, w.v))
             q = q.view(B, L, H, D).transpose(1, 2)
             k = k.view(B, L, Hkv, D).transpose(1, 2)
@@ -269,9 +274,11 @@ class Transformer:
                     cache.v[i][:, :, cache_from:cache_from + L] = v
                     k, v = cache.k[i], cache.v[i]
             a = ops.attention(q, k, v, key_mask).transpose(1, 2).reshape(B, L, H * D)
-            h = h + linear(a, w.o)
-            m = ops.rms_norm(h, w.ff_norm, cfg.rms_norm_eps)
-            h = h + linear(ops.swiglu(*linears(m, (w.gate, w.up))), w.down)
-        h = h[:, logits_from:logits_to]
-        h = ops.rms_norm(h, self.final_norm, cfg.rms_norm_eps)
+            h, m = ops.add_rms_norm(h, linear(a, w.o), w.ff_norm, eps)
+            down = linear(ops.swiglu(*linears(m, (w.gate, w.up))), w.down)
+        rows = slice(logits_from, logits_to)  # only these rows reach the head: add the last residual there only
+        if down is None:
+            h = ops.rms_norm(h[:, rows], self.final_norm, eps)
+        else:
+            h = ops.add_rms_norm(h[:, rows], down[:, rows], self.final_norm, eps)[1]
         return linear(h, self.head).float()

@@ -207,3 +207,50 @@ def test_bindings_take_rows_of_any_rank():
     assert torch.equal(ops.swiglu(both, both * 2), reference.swiglu(both, both * 2))
     with pytest.raises(ValueError, match="at least 2 dimensions"):
         _C.rms_norm(h[0, 0], w, 1e-5, torch.empty(40, dtype=torch.bfloat16), 2)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("R,D", [(1, 1), (3, 15), (37, 1000), (5, 4096), (0, 8)])
+def test_add_rms_norm(isa, dtype, R, D):
+    """The residual add and the RMSNorm after it, in one pass: the sum exactly as torch adds (bit for bit, every
+    variant and dtype), the norm as the RMSNorm test holds it; strided rows; denormal sums and outputs kept."""
+    g = torch.Generator().manual_seed(R * 7 + D)
+    x = (torch.randn(R, D + 2, generator=g) * 3).to(dtype)[:, 1:D + 1]
+    r = (torch.randn(R, D, generator=g) * 3).to(dtype)
+    w = (torch.rand(D, generator=g) + 0.5).to(dtype)
+    if R and D > 4 and dtype == torch.bfloat16:
+        x[0, :3] = torch.tensor([1e-38, -2e-39, 3e-39]).to(dtype)  # sums in the denormals
+        r[0, :3] = torch.tensor([-5e-39, 1e-39, 0.0]).to(dtype)
+        w[4] = torch.tensor(3e-39).to(dtype)  # an output in the denormals
+    total, out = torch.empty(R, D, dtype=dtype), torch.empty(R, D, dtype=dtype)
+    _C.add_rms_norm(x, r, w, 1e-5, total, out, 2, isa)
+    assert torch.equal(total, x + r)
+    two_ops = torch.empty(R, D, dtype=dtype)  # the same variant's RMSNorm of the sum: the very same bits
+    _C.rms_norm(x + r, w, 1e-5, two_ops, 2, isa)
+    assert torch.equal(out, two_ops)
+    want = reference.rms_norm(x + r, w, 1e-5)
+    if dtype == torch.bfloat16:
+        # the fp32 sum of squares' order differs from torch's: a rare 1-ulp difference (AVX-512's 16 lanes; measured
+        # none here), up to 2 ulps in ~0.4% for the portable path's one sequential sum over 4096
+        diff = (out.float() - want.float()).abs()
+        ulps = 2 ** -7 if isa in ("avx512", "amx") else 2 ** -6  # (avx2 runs the portable path here)
+        assert diff.numel() == 0 or (diff > 0).float().mean() <= 0.01 and (diff <= want.float().abs() * ulps + 1e-30).all()
+    else:
+        torch.testing.assert_close(out, want, rtol=4e-6, atol=1e-6)
+
+
+def test_add_rms_norm_op_and_argument_checks():
+    g = torch.Generator().manual_seed(3)
+    h = torch.randn(2, 9, 64, generator=g).bfloat16()
+    y = torch.randn(2, 9, 64, generator=g).bfloat16()
+    w = (torch.rand(64, generator=g) + 0.5).bfloat16()
+    for a, b in ((h, y), (h[:, 2:5], y[:, 2:5]), (h[:1, 2:5], y[:1, 2:5]), (h.float(), y.float())):
+        total, out = ops.add_rms_norm(a, b, w.to(a.dtype), 1e-5)  # the two ops it replaces in the model, exactly
+        assert torch.equal(total, a + b) and torch.equal(out, ops.rms_norm(a + b, w.to(a.dtype), 1e-5))
+    with pytest.raises((ValueError, TypeError), match="residual: expected dtype bfloat16"):
+        _C.add_rms_norm(h[0], y[0].float(), w, 1e-5, torch.empty_like(h[0]), torch.empty_like(h[0]))
+    with pytest.raises(ValueError, match="sum: dimension 0"):
+        _C.add_rms_norm(h[0], y[0], w, 1e-5, torch.empty_like(h[0, :3]), torch.empty_like(h[0]))
+    with pytest.raises(ValueError, match="eps"):
+        _C.add_rms_norm(h[0], y[0], w, -1.0, torch.empty_like(h[0]), torch.empty_like(h[0]))

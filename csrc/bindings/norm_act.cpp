@@ -46,6 +46,33 @@ void rms_norm(py::handle x_, py::handle w_, double eps, py::handle out_, int n_t
   cpu::rms_norm(p, isa);
 }
 
+void add_rms_norm(py::handle x_, py::handle r_, py::handle w_, double eps, py::handle sum_, py::handle out_,
+                  int n_threads, const py::object& isa_name) {
+  auto x = view(x_, "x"), r = view(r_, "residual"), w = view(w_, "weight"), sum = view(sum_, "sum"),
+       out = view(out_, "out");
+  cpu::RowsParams p = rows_params(x, out, n_threads);
+  for (auto* t : {&r, &sum}) {
+    t->expect_cpu();
+    t->expect_rows();
+    t->expect_inner_contiguous();
+    ILLADA_CHECK_TYPE(t->dtype == x.dtype, t->name << ": expected dtype " << dtype_name(x.dtype) << ", got "
+                                                   << dtype_name(t->dtype));
+    t->expect_dim(0, x.shape[0], "x.shape[0]");
+    t->expect_dim(1, x.shape[1], "x.shape[1]");
+  }
+  w.expect_vector({x.dtype}, x.shape[1], "x.shape[1]");
+  ILLADA_CHECK(eps >= 0, "eps: must be >= 0, got " << eps);
+  p.y = w.data;
+  p.eps = static_cast<float>(eps);
+  p.r = r.data;
+  p.ldr = r.row_stride();
+  p.sum = sum.data;
+  p.lds = sum.row_stride();
+  const cpu::Isa isa = isa_arg(isa_name);
+  py::gil_scoped_release nogil;
+  cpu::add_rms_norm(p, isa);
+}
+
 void swiglu(py::handle gate_, py::handle up_, py::handle out_, int n_threads, const py::object& isa_name) {
   auto g = view(gate_, "gate"), u = view(up_, "up"), out = view(out_, "out");
   cpu::RowsParams p = rows_params(g, out, n_threads);
@@ -108,6 +135,10 @@ void register_norm_act(py::module_& m) {
   m.def("rms_norm", &rms_norm, py::arg("x"), py::arg("weight"), py::arg("eps"), py::arg("out"),
         py::arg("n_threads") = 1, py::arg("isa") = py::none(),
         "out = weight * round(x * rsqrt(mean(x^2) + eps)) per row, x [R, D] float32/bfloat16, weight [D] same dtype.");
+  m.def("add_rms_norm", &add_rms_norm, py::arg("x"), py::arg("residual"), py::arg("weight"), py::arg("eps"),
+        py::arg("sum"), py::arg("out"), py::arg("n_threads") = 1, py::arg("isa") = py::none(),
+        "sum = round(x + residual); out = weight * round(sum * rsqrt(mean(sum^2) + eps)) per row: a residual add and "
+        "the RMSNorm after it, [R, D] float32/bfloat16, weight [D] same dtype.");
   m.def("swiglu", &swiglu, py::arg("gate"), py::arg("up"), py::arg("out"), py::arg("n_threads") = 1,
         py::arg("isa") = py::none(), "out = round(silu(gate)) * up, [R, D] float32/bfloat16.");
   m.def("rope", &rope, py::arg("x"), py::arg("cos"), py::arg("sin"), py::arg("out"), py::arg("n_threads") = 1,

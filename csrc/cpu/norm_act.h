@@ -1,6 +1,7 @@
 // Small fused ops of the transformer block, rounding exactly where the PyTorch reference rounds (so bf16 results
 // match it to the last bit up to the order of a sum):
 //   rms_norm: y = x * rsqrt(mean(x^2) + eps) in fp32, rounded to x's dtype, then out = round(weight * y)
+//   add_rms_norm: sum = round(x + r) (a residual add as torch adds), then out = rms_norm(sum), both written
 //   swiglu:   out = round(round(silu(gate)) * up)
 //   rope:     rotate-half RoPE in fp32, out = round(x * cos + rotate_half(x) * sin) with separate roundings of
 //             the two products and the sum (no fused multiply-add), as the reference computes it
@@ -20,6 +21,10 @@ struct RowsParams {
   int64_t ldx, ldy, ldo;  // row strides in elements (ldy unused for the norm weight)
   float eps;
   int n_threads;
+  // add_rms_norm only: the residual r [rows, D] and the sum's output [rows, D] (row strides in elements)
+  const void* r = nullptr;
+  void* sum = nullptr;
+  int64_t ldr = 0, lds = 0;
 };
 
 struct RopeParams {
@@ -43,6 +48,9 @@ void rms_norm_avx512(const RowsParams& p);
 void swiglu_generic(const RowsParams& p);
 void swiglu_avx512(const RowsParams& p);
 void rms_norm(const RowsParams& p, Isa isa);
+void add_rms_norm_generic(const RowsParams& p);
+void add_rms_norm_avx512(const RowsParams& p);
+void add_rms_norm(const RowsParams& p, Isa isa);
 void swiglu(const RowsParams& p, Isa isa);
 
 }  // namespace illada::cpu

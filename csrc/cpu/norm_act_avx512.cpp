@@ -53,17 +53,22 @@ struct Io {
     else
       return v;
   }
-  static void store(T* p, __m512 v, __mmask16 m, DenormalWatch& w) {
+  static void store(T* p, __m512 v, __mmask16 m, DenormalWatch& w) { store_rounded(p, v, m, w); }
+  // Stores v rounded to the dtype and returns the rounded value.
+  static __m512 store_rounded(T* p, __m512 v, __mmask16 m, DenormalWatch& w) {
     if constexpr (BF16) {
       const __m256i h = narrow(v, w);
       if (m == 0xffff)
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), h);
       else
         _mm256_mask_storeu_epi16(p, m, h);
-    } else if (m == 0xffff) {
-      _mm512_storeu_ps(p, v);
+      return widen(h);
     } else {
-      _mm512_mask_storeu_ps(p, m, v);
+      if (m == 0xffff)
+        _mm512_storeu_ps(p, v);
+      else
+        _mm512_mask_storeu_ps(p, m, v);
+      return v;
     }
   }
 };
@@ -127,6 +132,52 @@ void rms_norm_impl(const RowsParams& p) {
   };
 #pragma omp parallel for num_threads(p.n_threads) schedule(static)
   for (int64_t r = 0; r < rows; ++r) rows_with_fallback<BF16>(exact_only, row, r);
+}
+
+// sum = round(x + r), out = rms_norm(sum): the residual add and the next norm in one pass over the rows.
+template <bool BF16>
+void add_rms_norm_impl(const RowsParams& p) {
+  using T = std::conditional_t<BF16, uint16_t, float>;
+  const T* x = static_cast<const T*>(p.x);
+  const T* res = static_cast<const T*>(p.r);
+  const T* w = static_cast<const T*>(p.y);
+  T* out = static_cast<T*>(p.out);
+  T* sum = static_cast<T*>(p.sum);
+  const int64_t rows = p.rows, D = p.D, ldx = p.ldx, ldr = p.ldr, ldo = p.ldo, lds = p.lds;
+  const float eps = p.eps;
+  // a redo reads x and r again: outputs over an input (or over each other) take the exact rounding in one pass
+  const int64_t ob = span_bytes(rows, ldo, D, sizeof(T)), sb = span_bytes(rows, lds, D, sizeof(T));
+  const int64_t xb = span_bytes(rows, ldx, D, sizeof(T)), rb = span_bytes(rows, ldr, D, sizeof(T));
+  const bool exact_only = overlaps(out, ob, x, xb) || overlaps(out, ob, res, rb) || overlaps(out, ob, w, D * sizeof(T)) ||
+                          overlaps(out, ob, sum, sb) || overlaps(sum, sb, x, xb) || overlaps(sum, sb, res, rb) ||
+                          overlaps(sum, sb, w, D * sizeof(T));
+  auto row = [x, res, w, out, sum, D, ldx, ldr, ldo, lds, eps](int64_t i, auto is_bf16, auto exact) {
+    using IO = Io<decltype(is_bf16)::value, decltype(exact)::value>;
+    DenormalWatch watch;
+    const T* xr = x + i * ldx;
+    const T* rr = res + i * ldr;
+    T* srow = sum + i * lds;
+    T* orow = out + i * ldo;
+    const int64_t full = D / 16 * 16;
+    __m512 acc = _mm512_setzero_ps();
+    auto add = [&](int64_t d, __mmask16 m) {
+      const __m512 s = IO::store_rounded(srow + d, _mm512_add_ps(IO::load(xr + d, m), IO::load(rr + d, m)), m, watch);
+      acc = _mm512_fmadd_ps(s, s, acc);
+    };
+    for (int64_t d = 0; d < full; d += 16) add(d, 0xffff);
+    if (full < D) add(full, tail(D - full));
+    const float inv = 1.0f / std::sqrt(_mm512_reduce_add_ps(acc) / static_cast<float>(D) + eps);
+    const __m512 vi = _mm512_set1_ps(inv);
+    auto norm = [&](int64_t d, __mmask16 m) {
+      const __m512 y = IO::round(_mm512_mul_ps(IO::load(srow + d, m), vi), watch);
+      IO::store(orow + d, _mm512_mul_ps(IO::load(w + d, m), y), m, watch);
+    };
+    for (int64_t d = 0; d < full; d += 16) norm(d, 0xffff);
+    if (full < D) norm(full, tail(D - full));
+    return !decltype(exact)::value && watch.seen();
+  };
+#pragma omp parallel for num_threads(p.n_threads) schedule(static)
+  for (int64_t i = 0; i < rows; ++i) rows_with_fallback<BF16>(exact_only, row, i);
 }
 
 template <bool BF16>
@@ -205,6 +256,9 @@ void swiglu_impl(const RowsParams& p) {
 }  // namespace
 
 void rms_norm_avx512(const RowsParams& p) { p.bf16 ? rms_norm_impl<true>(p) : rms_norm_impl<false>(p); }
+void add_rms_norm_avx512(const RowsParams& p) {
+  p.bf16 ? add_rms_norm_impl<true>(p) : add_rms_norm_impl<false>(p);
+}
 void rope_avx512(const RopeParams& p) { p.bf16 ? rope_impl<true>(p) : rope_impl<false>(p); }
 void swiglu_avx512(const RowsParams& p) { p.bf16 ? swiglu_impl<true>(p) : swiglu_impl<false>(p); }
 

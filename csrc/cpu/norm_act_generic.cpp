@@ -33,6 +33,21 @@ void rms_norm_generic(const RowsParams& p) {
   }
 }
 
+void add_rms_norm_generic(const RowsParams& p) {
+#pragma omp parallel for num_threads(p.n_threads) schedule(static)
+  for (int64_t r = 0; r < p.rows; ++r) {
+    float ss = 0.f;
+    for (int64_t d = 0; d < p.D; ++d) {
+      const float s = rnd(ld(p.x, r * p.ldx + d, p.bf16) + ld(p.r, r * p.ldr + d, p.bf16), p.bf16);
+      st(p.sum, r * p.lds + d, s, p.bf16);
+      ss += s * s;
+    }
+    const float inv = 1.0f / std::sqrt(ss / static_cast<float>(p.D) + p.eps);
+    for (int64_t d = 0; d < p.D; ++d)
+      st(p.out, r * p.ldo + d, ld(p.y, d, p.bf16) * rnd(ld(p.sum, r * p.lds + d, p.bf16) * inv, p.bf16), p.bf16);
+  }
+}
+
 void swiglu_generic(const RowsParams& p) {
 #pragma omp parallel for num_threads(p.n_threads) schedule(static)
   for (int64_t r = 0; r < p.rows; ++r)
@@ -80,6 +95,15 @@ void rms_norm(const RowsParams& p, Isa isa) {
 #endif
   (void)isa;
   rms_norm_generic(p);
+}
+
+void add_rms_norm(const RowsParams& p, Isa isa) {
+  if (p.rows == 0 || p.D == 0) return;
+#if defined(ILLADA_HAVE_AVX512)
+  if (isa >= Isa::avx512) return add_rms_norm_avx512(p);
+#endif
+  (void)isa;
+  add_rms_norm_generic(p);
 }
 
 void swiglu(const RowsParams& p, Isa isa) {
