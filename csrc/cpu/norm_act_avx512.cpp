@@ -94,49 +94,10 @@ void rows_with_fallback(bool exact_only, const Row& row, int64_t r) {
   }
 }
 
-template <bool BF16>
+// RMSNorm of each row; with ADD, of sum = round(x + r), written to p.sum first (a residual add and the next norm
+// in one pass over the rows).
+template <bool BF16, bool ADD>
 void rms_norm_impl(const RowsParams& p) {
-  using T = std::conditional_t<BF16, uint16_t, float>;
-  const T* x = static_cast<const T*>(p.x);
-  const T* w = static_cast<const T*>(p.y);
-  T* out = static_cast<T*>(p.out);
-  const int64_t rows = p.rows, D = p.D, ldx = p.ldx, ldo = p.ldo;
-  const float eps = p.eps;
-  const int64_t ob = span_bytes(rows, ldo, D, sizeof(T));
-  const bool exact_only = overlaps(out, ob, x, span_bytes(rows, ldx, D, sizeof(T))) || overlaps(out, ob, w, D * sizeof(T));
-  // Returns whether the fast rounding met a denormal (then the row is done again exactly).
-  auto row = [x, w, out, D, ldx, ldo, eps](int64_t r, auto is_bf16, auto exact) {
-    using IO = Io<decltype(is_bf16)::value, decltype(exact)::value>;
-    DenormalWatch watch;
-    const T* xr = x + r * ldx;
-    T* orow = out + r * ldo;
-    const int64_t full = D / 16 * 16;
-    __m512 acc = _mm512_setzero_ps();
-    for (int64_t d = 0; d < full; d += 16) {
-      const __m512 v = IO::load(xr + d, 0xffff);
-      acc = _mm512_fmadd_ps(v, v, acc);
-    }
-    if (full < D) {
-      const __m512 v = IO::load(xr + full, tail(D - full));
-      acc = _mm512_fmadd_ps(v, v, acc);
-    }
-    const float inv = 1.0f / std::sqrt(_mm512_reduce_add_ps(acc) / static_cast<float>(D) + eps);
-    const __m512 vi = _mm512_set1_ps(inv);
-    auto step = [&](int64_t d, __mmask16 m) {
-      const __m512 y = IO::round(_mm512_mul_ps(IO::load(xr + d, m), vi), watch);
-      IO::store(orow + d, _mm512_mul_ps(IO::load(w + d, m), y), m, watch);
-    };
-    for (int64_t d = 0; d < full; d += 16) step(d, 0xffff);
-    if (full < D) step(full, tail(D - full));
-    return !decltype(exact)::value && watch.seen();
-  };
-#pragma omp parallel for num_threads(p.n_threads) schedule(static)
-  for (int64_t r = 0; r < rows; ++r) rows_with_fallback<BF16>(exact_only, row, r);
-}
-
-// sum = round(x + r), out = rms_norm(sum): the residual add and the next norm in one pass over the rows.
-template <bool BF16>
-void add_rms_norm_impl(const RowsParams& p) {
   using T = std::conditional_t<BF16, uint16_t, float>;
   const T* x = static_cast<const T*>(p.x);
   const T* res = static_cast<const T*>(p.r);
@@ -145,39 +106,44 @@ void add_rms_norm_impl(const RowsParams& p) {
   T* sum = static_cast<T*>(p.sum);
   const int64_t rows = p.rows, D = p.D, ldx = p.ldx, ldr = p.ldr, ldo = p.ldo, lds = p.lds;
   const float eps = p.eps;
-  // a redo reads x and r again: outputs over an input (or over each other) take the exact rounding in one pass
-  const int64_t ob = span_bytes(rows, ldo, D, sizeof(T)), sb = span_bytes(rows, lds, D, sizeof(T));
-  const int64_t xb = span_bytes(rows, ldx, D, sizeof(T)), rb = span_bytes(rows, ldr, D, sizeof(T));
-  const bool exact_only = overlaps(out, ob, x, xb) || overlaps(out, ob, res, rb) || overlaps(out, ob, w, D * sizeof(T)) ||
-                          overlaps(out, ob, sum, sb) || overlaps(sum, sb, x, xb) || overlaps(sum, sb, res, rb) ||
-                          overlaps(sum, sb, w, D * sizeof(T));
-  auto row = [x, res, w, out, sum, D, ldx, ldr, ldo, lds, eps](int64_t i, auto is_bf16, auto exact) {
+  // a redo reads the inputs again: outputs over an input (or over each other) take the exact rounding in one pass
+  const int64_t ob = span_bytes(rows, ldo, D, sizeof(T)), xb = span_bytes(rows, ldx, D, sizeof(T));
+  const int64_t wb = D * static_cast<int64_t>(sizeof(T));
+  bool exact_only = overlaps(out, ob, x, xb) || overlaps(out, ob, w, wb);
+  if (ADD) {
+    const int64_t sb = span_bytes(rows, lds, D, sizeof(T)), rb = span_bytes(rows, ldr, D, sizeof(T));
+    exact_only = exact_only || overlaps(out, ob, res, rb) || overlaps(out, ob, sum, sb) || overlaps(sum, sb, x, xb) ||
+                 overlaps(sum, sb, res, rb) || overlaps(sum, sb, w, wb);
+  }
+  // Returns whether the fast rounding met a denormal (then the row is done again exactly).
+  auto row = [x, res, w, out, sum, D, ldx, ldr, ldo, lds, eps](int64_t r, auto is_bf16, auto exact) {
     using IO = Io<decltype(is_bf16)::value, decltype(exact)::value>;
     DenormalWatch watch;
-    const T* xr = x + i * ldx;
-    const T* rr = res + i * ldr;
-    T* srow = sum + i * lds;
-    T* orow = out + i * ldo;
+    const T* xr = x + r * ldx;
+    T* orow = out + r * ldo;
+    T* srow = ADD ? sum + r * lds : nullptr;
+    const T* src = ADD ? srow : xr;  // the rows being normalised
     const int64_t full = D / 16 * 16;
     __m512 acc = _mm512_setzero_ps();
-    auto add = [&](int64_t d, __mmask16 m) {
-      const __m512 s = IO::store_rounded(srow + d, _mm512_add_ps(IO::load(xr + d, m), IO::load(rr + d, m)), m, watch);
-      acc = _mm512_fmadd_ps(s, s, acc);
+    auto square = [&](int64_t d, __mmask16 m) {
+      __m512 v = IO::load(xr + d, m);
+      if constexpr (ADD) v = IO::store_rounded(srow + d, _mm512_add_ps(v, IO::load(res + r * ldr + d, m)), m, watch);
+      acc = _mm512_fmadd_ps(v, v, acc);
     };
-    for (int64_t d = 0; d < full; d += 16) add(d, 0xffff);
-    if (full < D) add(full, tail(D - full));
+    for (int64_t d = 0; d < full; d += 16) square(d, 0xffff);
+    if (full < D) square(full, tail(D - full));
     const float inv = 1.0f / std::sqrt(_mm512_reduce_add_ps(acc) / static_cast<float>(D) + eps);
     const __m512 vi = _mm512_set1_ps(inv);
-    auto norm = [&](int64_t d, __mmask16 m) {
-      const __m512 y = IO::round(_mm512_mul_ps(IO::load(srow + d, m), vi), watch);
+    auto scale = [&](int64_t d, __mmask16 m) {
+      const __m512 y = IO::round(_mm512_mul_ps(IO::load(src + d, m), vi), watch);
       IO::store(orow + d, _mm512_mul_ps(IO::load(w + d, m), y), m, watch);
     };
-    for (int64_t d = 0; d < full; d += 16) norm(d, 0xffff);
-    if (full < D) norm(full, tail(D - full));
+    for (int64_t d = 0; d < full; d += 16) scale(d, 0xffff);
+    if (full < D) scale(full, tail(D - full));
     return !decltype(exact)::value && watch.seen();
   };
 #pragma omp parallel for num_threads(p.n_threads) schedule(static)
-  for (int64_t i = 0; i < rows; ++i) rows_with_fallback<BF16>(exact_only, row, i);
+  for (int64_t r = 0; r < rows; ++r) rows_with_fallback<BF16>(exact_only, row, r);
 }
 
 template <bool BF16>
@@ -255,9 +221,11 @@ void swiglu_impl(const RowsParams& p) {
 
 }  // namespace
 
-void rms_norm_avx512(const RowsParams& p) { p.bf16 ? rms_norm_impl<true>(p) : rms_norm_impl<false>(p); }
+void rms_norm_avx512(const RowsParams& p) {
+  p.bf16 ? rms_norm_impl<true, false>(p) : rms_norm_impl<false, false>(p);
+}
 void add_rms_norm_avx512(const RowsParams& p) {
-  p.bf16 ? add_rms_norm_impl<true>(p) : add_rms_norm_impl<false>(p);
+  p.bf16 ? rms_norm_impl<true, true>(p) : rms_norm_impl<false, true>(p);
 }
 void rope_avx512(const RopeParams& p) { p.bf16 ? rope_impl<true>(p) : rope_impl<false>(p); }
 void swiglu_avx512(const RowsParams& p) { p.bf16 ? swiglu_impl<true>(p) : swiglu_impl<false>(p); }

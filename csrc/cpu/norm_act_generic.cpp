@@ -19,34 +19,31 @@ inline void st(void* b, int64_t i, float v, bool bf16) {
 }
 }  // namespace
 
-void rms_norm_generic(const RowsParams& p) {
+namespace {
+// RMSNorm of each row; with add, of sum = round(x + r), written to p.sum first.
+void rms_norm_rows(const RowsParams& p, bool add) {
 #pragma omp parallel for num_threads(p.n_threads) schedule(static)
   for (int64_t r = 0; r < p.rows; ++r) {
+    const void* src = add ? p.sum : p.x;
+    const int64_t lds = add ? p.lds : p.ldx;
     float ss = 0.f;
     for (int64_t d = 0; d < p.D; ++d) {
-      const float v = ld(p.x, r * p.ldx + d, p.bf16);
+      float v = ld(p.x, r * p.ldx + d, p.bf16);
+      if (add) {
+        v = rnd(v + ld(p.r, r * p.ldr + d, p.bf16), p.bf16);
+        st(p.sum, r * p.lds + d, v, p.bf16);
+      }
       ss += v * v;
     }
     const float inv = 1.0f / std::sqrt(ss / static_cast<float>(p.D) + p.eps);
     for (int64_t d = 0; d < p.D; ++d)
-      st(p.out, r * p.ldo + d, ld(p.y, d, p.bf16) * rnd(ld(p.x, r * p.ldx + d, p.bf16) * inv, p.bf16), p.bf16);
+      st(p.out, r * p.ldo + d, ld(p.y, d, p.bf16) * rnd(ld(src, r * lds + d, p.bf16) * inv, p.bf16), p.bf16);
   }
 }
+}  // namespace
 
-void add_rms_norm_generic(const RowsParams& p) {
-#pragma omp parallel for num_threads(p.n_threads) schedule(static)
-  for (int64_t r = 0; r < p.rows; ++r) {
-    float ss = 0.f;
-    for (int64_t d = 0; d < p.D; ++d) {
-      const float s = rnd(ld(p.x, r * p.ldx + d, p.bf16) + ld(p.r, r * p.ldr + d, p.bf16), p.bf16);
-      st(p.sum, r * p.lds + d, s, p.bf16);
-      ss += s * s;
-    }
-    const float inv = 1.0f / std::sqrt(ss / static_cast<float>(p.D) + p.eps);
-    for (int64_t d = 0; d < p.D; ++d)
-      st(p.out, r * p.ldo + d, ld(p.y, d, p.bf16) * rnd(ld(p.sum, r * p.lds + d, p.bf16) * inv, p.bf16), p.bf16);
-  }
-}
+void rms_norm_generic(const RowsParams& p) { rms_norm_rows(p, false); }
+void add_rms_norm_generic(const RowsParams& p) { rms_norm_rows(p, true); }
 
 void swiglu_generic(const RowsParams& p) {
 #pragma omp parallel for num_threads(p.n_threads) schedule(static)
