@@ -59,23 +59,39 @@ def count_flops():
 
 
 @functools.lru_cache(maxsize=None)
-def gemm_peaks(threads: int) -> dict:
-    """GOP/s of PyTorch's bf16 matmul and torch._int_mm at M = 1024, K = N = 4096 on `threads` threads (best of 5)."""
+def _peak_operands() -> tuple:
+    return (torch.randn(1024, 4096).bfloat16(), torch.randn(4096, 4096).bfloat16(),
+            torch.randint(-127, 128, (1024, 4096), dtype=torch.int8), torch.randint(-127, 128, (4096, 4096), dtype=torch.int8))
+
+
+def _gemm_rates(threads: int, repeats: int) -> dict:
     torch.set_num_threads(threads)
-    a, b = torch.randn(1024, 4096).bfloat16(), torch.randn(4096, 4096).bfloat16()
-    ai, bi = torch.randint(-127, 128, (1024, 4096), dtype=torch.int8), torch.randint(-127, 128, (4096, 4096),
-                                                                                      dtype=torch.int8)
+    a, b, ai, bi = _peak_operands()
 
     def best(fn):
         fn()
         times = []
-        for _ in range(5):
+        for _ in range(repeats):
             t = time.perf_counter()
             fn()
             times.append(time.perf_counter() - t)
         return 2 * 1024 * 4096 * 4096 / min(times) / 1e9
 
     return {"bf16_gemm_gops": round(best(lambda: a @ b), 1), "int8_gemm_gops": round(best(lambda: torch._int_mm(ai, bi)), 1)}
+
+
+@functools.lru_cache(maxsize=None)
+def gemm_peaks(threads: int) -> dict:
+    """GOP/s of PyTorch's bf16 matmul and torch._int_mm at M = 1024, K = N = 4096 on `threads` threads (best of 5)."""
+    return _gemm_rates(threads, 5)
+
+
+def gemm_peaks_now(threads: int) -> dict:
+    """gemm_peaks measured again, quickly (best of 2 after a warm-up, ~0.2 s): the end-to-end bench takes it before
+    every round of a decode, so that each round's roofline is at the speed the shared machine has at that moment.
+    Its phases move a run by up to ~20% within minutes, the GEMM rate with it; a peak measured once per session
+    put one policy's roofline fraction 15 points apart between two runs."""
+    return _gemm_rates(threads, 2)
 
 
 CATEGORIES = {"gemm": ("linear", "linears"), "attention": ("attention",),
