@@ -6,7 +6,8 @@ peak, and the ratio to the PyTorch baseline of the same shape in the same run.
 
 Benches opt in by recording extra_info: op, group (the shape), impl, flops or bytes, peak_kind (a key of
 bench/peaks.py, e.g. int8_dot) and baseline (the impl the ratio is taken against); peaks (measured once per
-session) travel in the same record.
+session) travel in the same record. A record's own vs_peer (the end-to-end bench's ratio to a peer run beside each of
+its rounds) replaces the ratio of the two medians.
 """
 from __future__ import annotations
 
@@ -35,11 +36,13 @@ def rows_from(paths: list[Path]) -> list[dict]:
             if "bytes" in info:
                 row["gbps"] = info["bytes"] / median / 1e9
             row["peaks"] = peaks
+            if info.get("vs_peer"):  # the end-to-end bench's ratio to a peer run beside each round (same phase)
+                row["vs_peer"] = info["vs_peer"]
             rows.append(row)
     by_key = {(r["op"], r["shape"], r["impl"]): r for r in rows}
     for r in rows:
         base = by_key.get((r["op"], r["shape"], r["baseline"]))
-        r["vs_baseline"] = base["median_ms"] / r["median_ms"] if base else None
+        r["vs_baseline"] = r.pop("vs_peer", None) or (base["median_ms"] / r["median_ms"] if base else None)
     return rows
 
 

@@ -8,11 +8,16 @@ Each result records tokens/s, NFE, the job's GEMM and attention FLOPs (counted i
 and the roofline: the time those FLOPs take at this machine's measured bf16 / int8 GEMM rates (fp8 weights compute in
 bf16 on a CPU, so at the bf16 rate), with bench/peaks.py's instruction peaks beside them. report.py prints
 GOP/s, '% peak' (the roofline fraction) and the ratio to the policy's peer (exact -> LLaDA's loop, caches -> the
-eager dual cache).
+eager dual cache). The shared machine's speed drifts by up to ~20% within minutes, so both are taken per round: the
+GEMM peak is measured and the peer decoded (untimed by pytest-benchmark) right before each timed round, and the
+figures are the medians of the rounds' fractions and ratios.
 
     ILLADA_BENCH_MODEL=176m pytest bench/test_bench_fast.py --benchmark-columns=median,rounds \
         --benchmark-json=bench-fast.json
 """
+import os
+import time
+
 import pytest
 import torch
 
@@ -51,19 +56,53 @@ def models(bench_model_dir, tmp_path_factory):
     return out
 
 
-def _run_policy(benchmark, model, policy, kw, prompt, group, times, monkeypatch):
-    """Time one decode (policy kw, or LLaDA's loop for kw None), record its FLOPs, roofline and peer ratio."""
+def _job(model, kw, prompt):
+    """One decode: the policy kw through generate, or LLaDA's loop for kw None."""
+    if kw is None:
+        return lambda: reference_loop(model, prompt, GEN, STEPS, BLOCK)
+    return lambda: model.generate(prompt, gen_length=GEN, steps=STEPS, block_length=BLOCK, **kw)
+
+
+def _peer_name(policy: str) -> str:
+    return "eager_dual" if ("prefix" in policy or "dual" in policy) and policy != "eager_dual" else "eager_reference"
+
+
+def _timed_peer(job):
+    """Run a peer job in plain PyTorch (every compiled kernel off); its wall time."""
+    old = os.environ.get("ILLADA_RT_KERNELS")
+    os.environ["ILLADA_RT_KERNELS"] = "reference"
+    try:
+        t = time.perf_counter()
+        job()
+        return time.perf_counter() - t
+    finally:
+        if old is None:
+            del os.environ["ILLADA_RT_KERNELS"]
+        else:
+            os.environ["ILLADA_RT_KERNELS"] = old
+
+
+def _run_policy(benchmark, model, policy, kw, prompt, group, times, monkeypatch, peer_model=None):
+    """Time one decode (policy kw, or LLaDA's loop for kw None), record its FLOPs, roofline and peer ratio.
+
+    Before each timed round (untimed by pytest-benchmark) the policy's peer runs once on peer_model (bf16, plain
+    PyTorch) and the GEMM peak is measured: the round's peer ratio and roofline come from the same minute of the
+    shared machine, whose phases move a run by up to ~20%."""
     if policy.startswith("eager"):
         monkeypatch.setenv("ILLADA_RT_KERNELS", "reference")  # the peers are plain PyTorch, no compiled kernel
-    if kw is None:
-        job = lambda: reference_loop(model, prompt, GEN, STEPS, BLOCK)  # noqa: E731
-    else:
-        job = lambda: model.generate(prompt, gen_length=GEN, steps=STEPS, block_length=BLOCK, **kw)  # noqa: E731
+    job = _job(model, kw, prompt)
+    peer = _peer_name(policy)
+    peer_job = None if policy.startswith("eager") else _job(peer_model or model, POLICIES[peer], prompt)
     with count_flops() as flops:  # an untimed run of the same job
         job()
-    round_peaks = []  # the GEMM rates measured (untimed) right before each round: its roofline, same phase
-    result = benchmark.pedantic(job, setup=lambda: round_peaks.append(gemm_peaks_now(torch.get_num_threads())),
-                                rounds=3, iterations=1)  # the counting run above was the warm-up
+    round_peaks, peer_times = [], []  # measured (untimed) right before each round
+
+    def before_round():
+        if peer_job is not None:
+            peer_times.append(_timed_peer(peer_job))
+        round_peaks.append(gemm_peaks_now(torch.get_num_threads()))
+
+    result = benchmark.pedantic(job, setup=before_round, rounds=3, iterations=1)  # the counting run: the warm-up
     out, nfe = (result, STEPS) if kw is None else (result.tokens, result.nfe)
     assert not bool((out[:, prompt.shape[1]:] == model.mask_token_id).any())
     seconds = benchmark.stats.stats.median if benchmark.stats else float("nan")
@@ -79,13 +118,14 @@ def _run_policy(benchmark, model, policy, kw, prompt, group, times, monkeypatch)
     fraction = fractions[len(fractions) // 2] if fractions else None
     if fraction and seconds:
         roof["roofline_gops"] = round((flops["gemm"] + flops["attention"]) / seconds / fraction / 1e9, 1)
-    peer = "eager_dual" if ("prefix" in policy or "dual" in policy) and policy != "eager_dual" else "eager_reference"
+    ratios = sorted(pt / t for pt, t in zip(peer_times, rounds) if t)
     benchmark.extra_info.update(op="decode", group=group, impl=policy, baseline=peer,
                                 flops=flops["gemm"] + flops["attention"],
                                 gemm_flops=flops["gemm"], attention_flops=flops["attention"], peak_kind="roofline",
                                 peaks={**peaks, **measured_peaks(), "roofline_gops": roof["roofline_gops"]},
                                 round_peaks=round_peaks, round_roofline_fractions=fractions,
-                                roofline_fraction=fraction,
+                                roofline_fraction=fraction, round_peer_seconds=peer_times,
+                                vs_peer=ratios[len(ratios) // 2] if ratios else None,
                                 nfe=nfe, tokens_per_s=GEN / seconds if seconds else None,
                                 vs_eager=base / seconds if base and seconds else None, gemm_routes=flops["routes"])
 
@@ -95,7 +135,7 @@ def test_policy(benchmark, models, policy, monkeypatch):
     model = models[policy.rsplit("_", 1)[1] if policy.endswith(("_int8", "_fp8")) else "bf16"]
     prompt = torch.randint(1, model.config.vocab_size - 1, (1, PROMPT), generator=torch.Generator().manual_seed(0))
     _run_policy(benchmark, model, policy, POLICIES[policy], prompt,
-                f"prompt {PROMPT}, gen {GEN}, {STEPS} steps, block {BLOCK}", _TIMES, monkeypatch)
+                f"prompt {PROMPT}, gen {GEN}, {STEPS} steps, block {BLOCK}", _TIMES, monkeypatch, models["bf16"])
 
 
 # The embedded trained model (illada_rt.load()): confident where a random model never is, so threshold decoding
