@@ -259,13 +259,13 @@ class Transformer:
             if down is None:
                 n = ops.rms_norm(h, w.attn_norm, eps)
             else:
-                h, n = ops.add_rms_norm(h, down, w.attn_norm, eps)
+                h, n = ops.add_rms_norm(h, down, w.attn_norm, eps, sum_out=down)  # into the GEMM's fresh output
             q, k, v = linears(n, (w.q, w.k, w.v))
             q = q.view(B, L, H, D).transpose(1, 2)
             k = k.view(B, L, Hkv, D).transpose(1, 2)
             v = v.view(B, L, Hkv, D).transpose(1, 2)
-            q = ops.apply_rope(q, cos, sin)
-            k = ops.apply_rope(k, cos, sin)
+            q = ops.apply_rope(q, cos, sin, out=q)  # in place: q and k were just written by their GEMM
+            k = ops.apply_rope(k, cos, sin, out=k)
             if cache is not None:
                 if cache_from is None:
                     cache.k[i], cache.v[i] = k, v
@@ -274,7 +274,8 @@ class Transformer:
                     cache.v[i][:, :, cache_from:cache_from + L] = v
                     k, v = cache.k[i], cache.v[i]
             a = ops.attention(q, k, v, key_mask).transpose(1, 2).reshape(B, L, H * D)
-            h, m = ops.add_rms_norm(h, linear(a, w.o), w.ff_norm, eps)
+            o = linear(a, w.o)
+            h, m = ops.add_rms_norm(h, o, w.ff_norm, eps, sum_out=o)
             down = linear(ops.swiglu(*linears(m, (w.gate, w.up))), w.down)
         rows = slice(logits_from, logits_to)  # only these rows reach the head: add the last residual there only
         if down is None:

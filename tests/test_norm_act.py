@@ -229,6 +229,10 @@ def test_add_rms_norm(isa, dtype, R, D):
     two_ops = torch.empty(R, D, dtype=dtype)  # the same variant's RMSNorm of the sum: the very same bits
     _C.rms_norm(x + r, w, 1e-5, two_ops, 2, isa)
     assert torch.equal(out, two_ops)
+    r_over = r.clone()  # the sum written over the residual: same bits (the redo after a denormal must not read it)
+    out_over = torch.empty(R, D, dtype=dtype)
+    _C.add_rms_norm(x, r_over, w, 1e-5, r_over, out_over, 2, isa)
+    assert torch.equal(r_over, total) and torch.equal(out_over, out)
     want = reference.rms_norm(x + r, w, 1e-5)
     if dtype == torch.bfloat16:
         # the fp32 sum of squares' order differs from torch's: a rare 1-ulp difference (AVX-512's 16 lanes; measured
@@ -248,9 +252,32 @@ def test_add_rms_norm_op_and_argument_checks():
     for a, b in ((h, y), (h[:, 2:5], y[:, 2:5]), (h[:1, 2:5], y[:1, 2:5]), (h.float(), y.float())):
         total, out = ops.add_rms_norm(a, b, w.to(a.dtype), 1e-5)  # the two ops it replaces in the model, exactly
         assert torch.equal(total, a + b) and torch.equal(out, ops.rms_norm(a + b, w.to(a.dtype), 1e-5))
+    for a, b in ((h, y), (h.float(), y.float())):  # the sum written over the residual (the model's use)
+        want = ops.add_rms_norm(a, b, w.to(a.dtype), 1e-5)
+        r = b.clone()
+        total, out = ops.add_rms_norm(a, r, w.to(a.dtype), 1e-5, sum_out=r)
+        assert total is r and torch.equal(r, want[0]) and torch.equal(out, want[1])
+    with pytest.raises(ValueError, match="sum_out: expected"):
+        ops.add_rms_norm(h, y, w, 1e-5, sum_out=h[:1])
     with pytest.raises((ValueError, TypeError), match="residual: expected dtype bfloat16"):
         _C.add_rms_norm(h[0], y[0].float(), w, 1e-5, torch.empty_like(h[0]), torch.empty_like(h[0]))
     with pytest.raises(ValueError, match="sum: dimension 0"):
         _C.add_rms_norm(h[0], y[0], w, 1e-5, torch.empty_like(h[0, :3]), torch.empty_like(h[0]))
     with pytest.raises(ValueError, match="eps"):
         _C.add_rms_norm(h[0], y[0], w, -1.0, torch.empty_like(h[0]), torch.empty_like(h[0]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_apply_rope_op_in_place_and_into_out(dtype, monkeypatch):
+    """ops.apply_rope(x, cos, sin, out=x) rotates in place (the model does, on its fresh q and k) with the
+    reference's bits, on the kernel and on the reference path; a wrong `out` is refused by name."""
+    g = torch.Generator().manual_seed(14)
+    cos, sin = reference.rope_cos_sin(torch.arange(6), 64, 10000.0)
+    for mode in ("auto", "reference"):
+        monkeypatch.setenv("ILLADA_RT_KERNELS", mode)
+        x = (torch.randn(2, 6, 4, 64, generator=g) * 3).to(dtype).transpose(1, 2)  # the model's q layout
+        want = reference.apply_rope(x, cos, sin)
+        got = ops.apply_rope(x, cos, sin, out=x)
+        assert got is x and torch.equal(x, want)
+    with pytest.raises(ValueError, match="out: expected"):
+        ops.apply_rope(x, cos, sin, out=torch.empty(2, 4, 6, 32, dtype=dtype))

@@ -64,17 +64,25 @@ def use_cuda_kernel(name: str, *tensors: torch.Tensor) -> bool:
 rope_cos_sin = reference.rope_cos_sin
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """Rotate-half RoPE (reference.apply_rope), fused on AVX-512 CPUs: bit-identical to the reference in fp32 and
-    bf16 (same roundings, no FMA). x [B, H, T, D]; the result is a [B, H, T, D] view of a [B, T, H, D] buffer."""
+    bf16 (same roundings, no FMA). x [B, H, T, D]; the result is a [B, H, T, D] view of a [B, T, H, D] buffer, or
+    `out` (x's shape and dtype; out=x rotates in place, which the model does: x was just written by its GEMM and is
+    still in cache, where a fresh buffer would be fetched from memory before being written)."""
+    if out is not None and (out.shape != x.shape or out.dtype != x.dtype or out.device != x.device):
+        raise ValueError(f"out: expected {tuple(x.shape)} {x.dtype} on {x.device}, got {tuple(out.shape)} {out.dtype} "
+                         f"on {out.device}")
     if (x.dim() == 4 and use_cpu_kernel(x, cos, sin) and cpu_isa() in ("avx512", "amx")
             and x.dtype in (torch.float32, torch.bfloat16) and x.stride(-1) == 1 and x.shape[-1] % 2 == 0
-            and cos.dtype == torch.float32 and sin.dtype == torch.float32 and cos.dim() in (2, 3)):
+            and cos.dtype == torch.float32 and sin.dtype == torch.float32 and cos.dim() in (2, 3)
+            and (out is None or out.stride(-1) == 1)):
         B, H, T, D = x.shape
-        out = torch.empty(B, T, H, D, dtype=x.dtype).transpose(1, 2)
+        if out is None:
+            out = torch.empty(B, T, H, D, dtype=x.dtype).transpose(1, 2)
         _C.rope(x, cos.contiguous(), sin.contiguous(), out, _threads())
         return out
-    return reference.apply_rope(x, cos, sin)
+    rotated = reference.apply_rope(x, cos, sin)
+    return rotated if out is None else out.copy_(rotated)
 
 
 def _fused_rows_ok(*tensors: torch.Tensor) -> bool:
@@ -94,22 +102,28 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return reference.rms_norm(x, weight, eps)
 
 
-def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
-                 eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float,
+                 sum_out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(x + residual, rms_norm(x + residual)): a block's residual add and the RMSNorm that follows it, in one pass for
-    bf16 on CPU (bit-identical to the two reference ops: the sum is rounded as torch rounds it)."""
+    bf16 on CPU (bit-identical to the two reference ops: the sum is rounded as torch rounds it). sum_out (x's shape
+    and dtype) receives the sum; the model passes the residual itself, the output its GEMM just wrote, which is still
+    in cache where a fresh buffer would first be fetched from memory."""
+    if sum_out is not None and (sum_out.shape != x.shape or sum_out.dtype != x.dtype or sum_out.device != x.device):
+        raise ValueError(f"sum_out: expected {tuple(x.shape)} {x.dtype} on {x.device}, got {tuple(sum_out.shape)} "
+                         f"{sum_out.dtype} on {sum_out.device}")
     if (x.dim() >= 2 and x.shape == residual.shape and x.shape[-1] and _fused_rows_ok(x, residual, weight)
-            and weight.is_contiguous()):
+            and weight.is_contiguous() and (sum_out is None or sum_out.is_contiguous() and x.is_contiguous())):
         x2 = x if x.is_contiguous() else _rows(x)
         r2 = residual if residual.is_contiguous() and x2 is x else _rows(residual)
         if r2.shape != x2.shape:
             r2 = r2.reshape(x2.shape)
-        total, out = torch.empty(x2.shape, dtype=x.dtype), torch.empty(x2.shape, dtype=x.dtype)
+        total = sum_out if sum_out is not None else torch.empty(x2.shape, dtype=x.dtype)
+        out = torch.empty(x2.shape, dtype=x.dtype)
         _C.add_rms_norm(x2, r2, weight, float(eps), total, out, _threads())
         if x2 is not x:
             total, out = total.reshape(x.shape), out.reshape(x.shape)
         return total, out
-    total = x + residual
+    total = x + residual if sum_out is None else torch.add(x, residual, out=sum_out)
     return total, reference.rms_norm(total, weight, eps)
 
 
