@@ -1,13 +1,16 @@
 // AVX-512 fused norm and activation (see norm_act.h): 16 lanes, masked tails, bf16 widened on load and rounded
 // to nearest even where the reference rounds. The dtype is a template parameter, so each loop is straight-line
 // code. bf16 rounding is one vcvtneps2bf16 (the AVX-512 level requires AVX512_BF16), which rounds exactly as torch
-// does except that it flushes denormal inputs to zero. Rather than test every vector (a mask test and a branch per
-// vector halved the RMSNorm's speed on Zen 5), a row tracks with three integer ops whether it rounded a denormal;
-// such a row (rare: tiny inputs or weights) is computed again with the integer rounding of
-// avx512::to_bf16, which keeps denormals. Outputs that overlap an input always take the exact rounding.
+// does except that it flushes denormal inputs to zero. Rather than test and branch on every vector (that halved the
+// RMSNorm's speed on Zen 5), a row ORs vfpclassps masks of the values it rounded; a row that rounded a denormal (rare:
+// tiny inputs or weights) is computed again with the integer rounding of avx512::to_bf16, which keeps denormals.
+// Where an output overlaps an input (the model rotates q and k in place and writes residual sums over the residual),
+// the row's inputs are first copied aside so that the redo reads them unchanged (rows of up to kSavedRow elements;
+// longer ones take the integer rounding in one pass).
 #include <immintrin.h>
 
 #include <cmath>
+#include <cstring>
 #include <type_traits>
 
 #include "avx512_util.h"
@@ -19,8 +22,7 @@ namespace {
 
 inline __mmask16 tail(int64_t n) { return n >= 16 ? 0xffff : static_cast<__mmask16>((1u << n) - 1u); }
 
-// The lowest (|bits| - 1) over the values a row rounded, unsigned: below 0x7fffff exactly when one was a denormal
-// (zero wraps around to the top).
+// Whether any value a row rounded was a denormal.
 struct DenormalWatch {
   __mmask16 seen_mask = 0;
   void see(__m512 v) { seen_mask |= _mm512_fpclass_ps_mask(v, 0x20); }
@@ -83,16 +85,29 @@ inline int64_t span_bytes(int64_t rows, int64_t ld, int64_t D, int64_t elem) {
   return rows > 0 && D > 0 ? ((rows - 1) * ld + D) * elem : 0;
 }
 
-// Runs row(r, exact) for each row: the fast rounding first, again exactly where it saw a denormal (bf16 only).
+// Runs row(is_bf16, exact) for one row: the fast rounding first, again exactly where it saw a denormal (bf16 only).
 template <bool BF16, class Row>
-void rows_with_fallback(bool exact_only, const Row& row, int64_t r) {
+void row_with_fallback(bool exact_only, const Row& row) {
   if constexpr (BF16) {
-    if (exact_only || row(r, std::true_type{}, std::false_type{})) row(r, std::true_type{}, std::true_type{});
+    if (exact_only || row(std::true_type{}, std::false_type{})) row(std::true_type{}, std::true_type{});
   } else {
     (void)exact_only;
-    row(r, std::false_type{}, std::false_type{});
+    row(std::false_type{}, std::false_type{});
   }
 }
+
+// A row's input kept aside (on the stack) while an output overwrites it, for the redo after a denormal.
+constexpr int64_t kSavedRow = 4096;
+template <class T>
+struct SavedRow {
+  alignas(64) T data[kSavedRow];
+  // `row` itself, or a copy of it where outputs overlap the inputs (bf16 only: fp32 rows are never redone)
+  const T* keep(const T* row, int64_t n, bool aliased) {
+    if (!aliased || !std::is_same_v<T, uint16_t>) return row;
+    std::memcpy(data, row, static_cast<size_t>(n) * sizeof(T));
+    return data;
+  }
+};
 
 // RMSNorm of each row; with ADD, of sum = round(x + r), written to p.sum first (a residual add and the next norm
 // in one pass over the rows).
@@ -106,28 +121,24 @@ void rms_norm_impl(const RowsParams& p) {
   T* sum = static_cast<T*>(p.sum);
   const int64_t rows = p.rows, D = p.D, ldx = p.ldx, ldr = p.ldr, ldo = p.ldo, lds = p.lds;
   const float eps = p.eps;
-  // a redo reads the inputs again: outputs over an input (or over each other) take the exact rounding in one pass
+  // outputs over x or r: the redo reads saved copies of those rows (over the weight, or rows too long to save: the
+  // exact rounding in one pass); out over sum is harmless (the second pass reads sum before writing out)
   const int64_t ob = span_bytes(rows, ldo, D, sizeof(T)), xb = span_bytes(rows, ldx, D, sizeof(T));
+  const int64_t sb = ADD ? span_bytes(rows, lds, D, sizeof(T)) : 0, rb = ADD ? span_bytes(rows, ldr, D, sizeof(T)) : 0;
   const int64_t wb = D * static_cast<int64_t>(sizeof(T));
-  bool exact_only = overlaps(out, ob, x, xb) || overlaps(out, ob, w, wb);
-  if (ADD) {
-    const int64_t sb = span_bytes(rows, lds, D, sizeof(T)), rb = span_bytes(rows, ldr, D, sizeof(T));
-    exact_only = exact_only || overlaps(out, ob, res, rb) || overlaps(out, ob, sum, sb) || overlaps(sum, sb, x, xb) ||
-                 overlaps(sum, sb, res, rb) || overlaps(sum, sb, w, wb);
-  }
+  const bool aliased = overlaps(out, ob, x, xb) || overlaps(out, ob, res, rb) || overlaps(sum, sb, x, xb) ||
+                       overlaps(sum, sb, res, rb);
+  const bool exact_only = overlaps(out, ob, w, wb) || overlaps(sum, sb, w, wb) || (aliased && D > kSavedRow);
   // Returns whether the fast rounding met a denormal (then the row is done again exactly).
-  auto row = [x, res, w, out, sum, D, ldx, ldr, ldo, lds, eps](int64_t r, auto is_bf16, auto exact) {
+  auto row = [w, D, eps](const T* xr, const T* rr, T* srow, T* orow, auto is_bf16, auto exact) {
     using IO = Io<decltype(is_bf16)::value, decltype(exact)::value>;
     DenormalWatch watch;
-    const T* xr = x + r * ldx;
-    T* orow = out + r * ldo;
-    T* srow = ADD ? sum + r * lds : nullptr;
     const T* src = ADD ? srow : xr;  // the rows being normalised
     const int64_t full = D / 16 * 16;
     __m512 acc = _mm512_setzero_ps();
     auto square = [&](int64_t d, __mmask16 m) {
       __m512 v = IO::load(xr + d, m);
-      if constexpr (ADD) v = IO::store_rounded(srow + d, _mm512_add_ps(v, IO::load(res + r * ldr + d, m)), m, watch);
+      if constexpr (ADD) v = IO::store_rounded(srow + d, _mm512_add_ps(v, IO::load(rr + d, m)), m, watch);
       acc = _mm512_fmadd_ps(v, v, acc);
     };
     for (int64_t d = 0; d < full; d += 16) square(d, 0xffff);
@@ -143,7 +154,14 @@ void rms_norm_impl(const RowsParams& p) {
     return !decltype(exact)::value && watch.seen();
   };
 #pragma omp parallel for num_threads(p.n_threads) schedule(static)
-  for (int64_t r = 0; r < rows; ++r) rows_with_fallback<BF16>(exact_only, row, r);
+  for (int64_t r = 0; r < rows; ++r) {
+    SavedRow<T> saved_x, saved_r;
+    const bool keep = aliased && !exact_only;
+    const T* xr = saved_x.keep(x + r * ldx, D, keep);
+    const T* rr = ADD ? saved_r.keep(res + r * ldr, D, keep) : nullptr;
+    T* srow = ADD ? sum + r * lds : nullptr;
+    row_with_fallback<BF16>(exact_only, [&](auto b, auto e) { return row(xr, rr, srow, out + r * ldo, b, e); });
+  }
 }
 
 template <bool BF16>
@@ -152,18 +170,14 @@ void rope_impl(const RopeParams& p) {
   const T* x = static_cast<const T*>(p.x);
   T* out = static_cast<T*>(p.out);
   const int64_t half = p.D / 2, D = p.D;
-  // the output may be written in place over x: then every row takes the exact rounding (no second pass)
+  // the output may be written in place over x: then each row's input is saved for the redo
   const int64_t span_x = ((p.B - 1) * p.x_sb + (p.H - 1) * p.x_sh + (p.T - 1) * p.x_st + D) * sizeof(T);
   const int64_t span_o = ((p.B - 1) * p.o_sb + (p.H - 1) * p.o_sh + (p.T - 1) * p.o_st + D) * sizeof(T);
-  const bool exact_only = p.B * p.H * p.T > 0 && D > 0 && overlaps(out, span_o, x, span_x);
-  auto row = [&](int64_t bht, auto is_bf16, auto exact) {
+  const bool aliased = p.B * p.H * p.T > 0 && D > 0 && overlaps(out, span_o, x, span_x);
+  const bool exact_only = aliased && D > kSavedRow;
+  auto row = [&](const T* xr, T* orow, const float* c, const float* s, auto is_bf16, auto exact) {
     using IO = Io<decltype(is_bf16)::value, decltype(exact)::value>;
     DenormalWatch watch;
-    const int64_t b = bht / (p.H * p.T), h = bht / p.T % p.H, t = bht % p.T;
-    const T* xr = x + b * p.x_sb + h * p.x_sh + t * p.x_st;
-    T* orow = out + b * p.o_sb + h * p.o_sh + t * p.o_st;
-    const float* c = p.cos + b * p.cs_sb + t * D;
-    const float* s = p.sin + b * p.cs_sb + t * D;
     for (int64_t d = 0; d < half; d += 16) {
       const __mmask16 m = tail(half - d);
       const __m512 x1 = IO::load(xr + d, m), x2 = IO::load(xr + half + d, m);
@@ -178,7 +192,15 @@ void rope_impl(const RopeParams& p) {
     return !decltype(exact)::value && watch.seen();
   };
 #pragma omp parallel for num_threads(p.n_threads) schedule(static)
-  for (int64_t bht = 0; bht < p.B * p.H * p.T; ++bht) rows_with_fallback<BF16>(exact_only, row, bht);
+  for (int64_t bht = 0; bht < p.B * p.H * p.T; ++bht) {
+    const int64_t b = bht / (p.H * p.T), h = bht / p.T % p.H, t = bht % p.T;
+    SavedRow<T> saved;
+    const T* xr = saved.keep(x + b * p.x_sb + h * p.x_sh + t * p.x_st, D, aliased && !exact_only);
+    T* orow = out + b * p.o_sb + h * p.o_sh + t * p.o_st;
+    const float* c = p.cos + b * p.cs_sb + t * D;
+    const float* s = p.sin + b * p.cs_sb + t * D;
+    row_with_fallback<BF16>(exact_only, [&](auto bf, auto e) { return row(xr, orow, c, s, bf, e); });
+  }
 }
 
 template <bool BF16>
@@ -189,15 +211,13 @@ void swiglu_impl(const RowsParams& p) {
   T* out = static_cast<T*>(p.out);
   const int64_t rows = p.rows, D = p.D, ldx = p.ldx, ldy = p.ldy, ldo = p.ldo;
   const int64_t ob = span_bytes(rows, ldo, D, sizeof(T));
-  const bool exact_only = overlaps(out, ob, gate, span_bytes(rows, ldx, D, sizeof(T))) ||
-                          overlaps(out, ob, up, span_bytes(rows, ldy, D, sizeof(T)));
-  auto row = [gate, up, out, D, ldx, ldy, ldo](int64_t r, auto is_bf16, auto exact) {
+  const bool aliased = overlaps(out, ob, gate, span_bytes(rows, ldx, D, sizeof(T))) ||
+                       overlaps(out, ob, up, span_bytes(rows, ldy, D, sizeof(T)));
+  const bool exact_only = aliased && D > kSavedRow;
+  auto row = [D](const T* gr, const T* ur, T* orow, auto is_bf16, auto exact) {
     using IO = Io<decltype(is_bf16)::value, decltype(exact)::value>;
     DenormalWatch watch;
     const __m512 one = _mm512_set1_ps(1.0f);
-    const T* gr = gate + r * ldx;
-    const T* ur = up + r * ldy;
-    T* orow = out + r * ldo;
     auto step = [&](int64_t d, __mmask16 m) {
       const __m512 g = IO::load(gr + d, m);
       // silu(g) = g / (1 + e^-g) = g * t / (1 + t) for g < 0, with t = e^-|g| <= 1 (no overflow)
@@ -216,7 +236,13 @@ void swiglu_impl(const RowsParams& p) {
     return !decltype(exact)::value && watch.seen();
   };
 #pragma omp parallel for num_threads(p.n_threads) schedule(static)
-  for (int64_t r = 0; r < rows; ++r) rows_with_fallback<BF16>(exact_only, row, r);
+  for (int64_t r = 0; r < rows; ++r) {
+    SavedRow<T> saved_g, saved_u;
+    const bool keep = aliased && !exact_only;
+    const T* gr = saved_g.keep(gate + r * ldx, D, keep);
+    const T* ur = saved_u.keep(up + r * ldy, D, keep);
+    row_with_fallback<BF16>(exact_only, [&](auto b, auto e) { return row(gr, ur, out + r * ldo, b, e); });
+  }
 }
 
 }  // namespace
