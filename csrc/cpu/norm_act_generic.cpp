@@ -17,9 +17,7 @@ inline void st(void* b, int64_t i, float v, bool bf16) {
   else
     static_cast<float*>(b)[i] = v;
 }
-}  // namespace
 
-namespace {
 // RMSNorm of each row; with add, of sum = round(x + r), written to p.sum first.
 void rms_norm_rows(const RowsParams& p, bool add) {
 #pragma omp parallel for num_threads(p.n_threads) schedule(static)

@@ -112,16 +112,12 @@ def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, 
         raise ValueError(f"sum_out: expected {tuple(x.shape)} {x.dtype} on {x.device}, got {tuple(sum_out.shape)} "
                          f"{sum_out.dtype} on {sum_out.device}")
     if (x.dim() >= 2 and x.shape == residual.shape and x.shape[-1] and _fused_rows_ok(x, residual, weight)
-            and weight.is_contiguous() and (sum_out is None or sum_out.is_contiguous() and x.is_contiguous())):
-        x2 = x if x.is_contiguous() else _rows(x)
-        r2 = residual if residual.is_contiguous() and x2 is x else _rows(residual)
-        if r2.shape != x2.shape:
-            r2 = r2.reshape(x2.shape)
-        total = sum_out if sum_out is not None else torch.empty(x2.shape, dtype=x.dtype)
-        out = torch.empty(x2.shape, dtype=x.dtype)
-        _C.add_rms_norm(x2, r2, weight, float(eps), total, out, _threads())
-        if x2 is not x:
-            total, out = total.reshape(x.shape), out.reshape(x.shape)
+            and weight.is_contiguous() and (sum_out is None or sum_out.is_contiguous())):
+        # the binding views each operand's leading dimensions as rows: only strided slices need copying
+        total = sum_out if sum_out is not None else torch.empty(x.shape, dtype=x.dtype)
+        out = torch.empty(x.shape, dtype=x.dtype)
+        _C.add_rms_norm(x if x.is_contiguous() else _rows(x), residual if residual.is_contiguous() else _rows(residual),
+                        weight, float(eps), total, out, _threads())
         return total, out
     total = x + residual if sum_out is None else torch.add(x, residual, out=sum_out)
     return total, reference.rms_norm(total, weight, eps)
