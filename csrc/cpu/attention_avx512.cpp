@@ -11,13 +11,11 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
-#include <memory>
-#include <vector>
 
-#include "scratch.h"
 #include "attention.h"
 #include "avx512_util.h"
 #include "gemm_w8a8.h"
+#include "scratch.h"
 
 namespace illada::cpu {
 

@@ -10,14 +10,13 @@
 #include <algorithm>
 #include <cstring>
 #include <type_traits>
-#include <vector>
 
-#include "scratch.h"
 #include "amx_gemm.h"
 #include "amx_tiles.h"
 #include "avx512_util.h"
 #include "gemm_f8w.h"
 #include "gemm_w8a8.h"  // round_up
+#include "scratch.h"
 
 namespace illada::cpu {
 

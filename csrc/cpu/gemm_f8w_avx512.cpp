@@ -4,12 +4,11 @@
 #include <immintrin.h>
 
 #include <cstring>
-#include <vector>
 
-#include "scratch.h"
 #include "gemm_f8w.h"
 #include "avx512_util.h"
 #include "gemm_w8a8.h"
+#include "scratch.h"
 
 namespace illada::cpu {
 

@@ -1,12 +1,11 @@
 // Packing, activation quantization and ISA dispatch for the W8A8 GEMM (see gemm_w8a8.h).
-#include "scratch.h"
 #include "gemm_w8a8.h"
 
 #include "../common/check.h"
+#include "scratch.h"
 
 #include <cmath>
 #include <cstring>
-#include <vector>
 
 namespace illada::cpu {
 

@@ -12,17 +12,17 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
-#include <vector>
 
-#include "scratch.h"
 #include "../common/check.h"
 #include "amx_gemm.h"
 #include "amx_tiles.h"
 #include "avx512_util.h"
 #include "gemm_w8a8.h"
+#include "scratch.h"
 
 namespace illada::cpu {
 
