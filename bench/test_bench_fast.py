@@ -15,7 +15,7 @@ figures are the medians of the rounds' fractions and ratios.
     ILLADA_BENCH_MODEL=176m pytest bench/test_bench_fast.py --benchmark-columns=median,rounds \
         --benchmark-json=bench-fast.json
 """
-import os
+import statistics
 import time
 
 import pytest
@@ -67,21 +67,6 @@ def _peer_name(policy: str) -> str:
     return "eager_dual" if ("prefix" in policy or "dual" in policy) and policy != "eager_dual" else "eager_reference"
 
 
-def _timed_peer(job):
-    """Run a peer job in plain PyTorch (every compiled kernel off); its wall time."""
-    old = os.environ.get("ILLADA_RT_KERNELS")
-    os.environ["ILLADA_RT_KERNELS"] = "reference"
-    try:
-        t = time.perf_counter()
-        job()
-        return time.perf_counter() - t
-    finally:
-        if old is None:
-            del os.environ["ILLADA_RT_KERNELS"]
-        else:
-            os.environ["ILLADA_RT_KERNELS"] = old
-
-
 def _run_policy(benchmark, model, policy, kw, prompt, group, times, monkeypatch, peer_model=None):
     """Time one decode (policy kw, or LLaDA's loop for kw None), record its FLOPs, roofline and peer ratio.
 
@@ -99,7 +84,11 @@ def _run_policy(benchmark, model, policy, kw, prompt, group, times, monkeypatch,
 
     def before_round():
         if peer_job is not None:
-            peer_times.append(_timed_peer(peer_job))
+            with monkeypatch.context() as mp:  # the peer in plain PyTorch, every compiled kernel off
+                mp.setenv("ILLADA_RT_KERNELS", "reference")
+                t = time.perf_counter()
+                peer_job()
+                peer_times.append(time.perf_counter() - t)
         round_peaks.append(gemm_peaks_now(torch.get_num_threads()))
 
     result = benchmark.pedantic(job, setup=before_round, rounds=3, iterations=1)  # the counting run: the warm-up
@@ -114,18 +103,18 @@ def _run_policy(benchmark, model, policy, kw, prompt, group, times, monkeypatch,
     # each round against the peak measured just before it; the median of those fractions is the figure, and
     # roofline_gops (what report.py's "% peak" divides by) the effective peak that gives it at the median time
     rounds = benchmark.stats.stats.data if benchmark.stats else []
-    fractions = sorted(roofline(flops, pk, int8)["roofline_s"] / t for t, pk in zip(rounds, round_peaks) if t)
-    fraction = fractions[len(fractions) // 2] if fractions else None
+    fractions = [roofline(flops, pk, int8)["roofline_s"] / t for t, pk in zip(rounds, round_peaks) if t]
+    fraction = statistics.median(fractions) if fractions else None
     if fraction and seconds:
         roof["roofline_gops"] = round((flops["gemm"] + flops["attention"]) / seconds / fraction / 1e9, 1)
-    ratios = sorted(pt / t for pt, t in zip(peer_times, rounds) if t)
+    ratios = [pt / t for pt, t in zip(peer_times, rounds) if t]
     benchmark.extra_info.update(op="decode", group=group, impl=policy, baseline=peer,
                                 flops=flops["gemm"] + flops["attention"],
                                 gemm_flops=flops["gemm"], attention_flops=flops["attention"], peak_kind="roofline",
                                 peaks={**peaks, **measured_peaks(), "roofline_gops": roof["roofline_gops"]},
                                 round_peaks=round_peaks, round_roofline_fractions=fractions,
                                 roofline_fraction=fraction, round_peer_seconds=peer_times,
-                                vs_peer=ratios[len(ratios) // 2] if ratios else None,
+                                vs_peer=statistics.median(ratios) if ratios else None,
                                 nfe=nfe, tokens_per_s=GEN / seconds if seconds else None,
                                 vs_eager=base / seconds if base and seconds else None, gemm_routes=flops["routes"])
 
