@@ -31,6 +31,7 @@ def _check_close(got, x, w):
 @pytest.mark.parametrize("M,K,Ns", [
     ((1, 1, (1,))), ((3, 31, (5,))), ((7, 33, (17, 9))), ((32, 1024, (29, 8, 3))), ((130, 1030, (19,))),
     ((5, 2100, (9, 16))), ((4, 32, (8,))), ((2, 64, (1, 2, 3, 4))), ((0, 8, (4,))), ((3, 0, (4,))), ((3, 8, (0, 5))),
+    ((200, 100, (300, 77, 64))),  # many tasks: two row blocks, panels of three weights for the threads to share
 ])
 def test_matches_float64(isa, out_dtype, M, K, Ns):
     x = _bf16(M, K, seed=M + K)

@@ -261,3 +261,65 @@ def test_linears_take_rows_of_any_rank():
     out = torch.empty(2, 5, 24, dtype=torch.bfloat16)
     with pytest.raises(ValueError, match="evenly strided rows"):
         _C.linear_w8a8(x[:, 1:6], pw.packed, pw.colsum, pw.scale, out, 1)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_linear_w8a8_multi_many_tasks_matches_reference(isa, threads, monkeypatch):
+    """Enough panels and row blocks (M > 96) for the task scheduler to split, steal and prefetch across the
+    weights: every output still equals the reference."""
+    monkeypatch.setattr(ops, "_threads", lambda: threads)
+    g = torch.Generator().manual_seed(11)
+    for M in (1, 97, 200):
+        x = torch.randn(M, 130, generator=g).bfloat16()
+        raw = [(torch.randint(-127, 128, (n, 130), dtype=torch.int8, generator=g),
+                torch.rand(n, generator=g) * 1e-2 + 1e-4) for n in (300, 1000, 77, 64)]
+        fused = ops.linear_w8a8_multi(x, [ops.pack_int8_weight(w, s) for w, s in raw], torch.float32, isa=isa)
+        for (w, s), f in zip(raw, fused):
+            assert torch.equal(f, reference.linear_w8a8(x, w, s, torch.float32))
+
+
+def _check_task_runs(runs, tasks, n_threads):
+    ran = sorted(t for thread in runs for t, _ in thread)
+    assert ran == list(range(tasks))  # every task exactly once
+    starts = [tasks * r // n_threads for r in range(n_threads + 1)]  # thread r's own range: starts[r] .. starts[r+1]
+    for thread in runs:
+        by_range = {}
+        for task, nxt in thread:
+            assert nxt == -1 or 0 <= nxt < tasks and nxt != task
+            by_range.setdefault(max(r for r in range(n_threads) if starts[r] <= task), []).append(task)
+        for r, got in by_range.items():
+            # a range's owner walks it from its start upwards; the others take from its back, downwards
+            up = list(range(starts[r], starts[r] + len(got)))
+            down = list(range(got[0], got[0] - len(got), -1))
+            assert got == up or got == down, (r, got)
+
+
+@pytest.mark.parametrize("tasks,n_threads", [(0, 1), (1, 1), (1, 2), (10, 2), (3, 5), (100, 3), (1000, 2), (7, 8),
+                                             (33, 9)])
+def test_task_ranges_run_every_task_once(tasks, n_threads):
+    runs = _C.task_ranges_probe(tasks, n_threads)
+    assert 1 <= len(runs) <= n_threads
+    _check_task_runs(runs, tasks, n_threads)
+    # walking a range upwards, the guess is the task that followed (a range's last task guesses -1 or the first
+    # task of the next range the thread owns)
+    for thread in runs:
+        for (task, nxt), (following, _) in zip(thread, thread[1:]):
+            if following == task + 1 and nxt != -1:
+                assert nxt == following
+    if tasks >= 2 * n_threads:
+        assert any(nxt != -1 for thread in runs for _, nxt in thread)
+
+
+def test_task_ranges_hand_a_slow_threads_tasks_to_the_others():
+    runs = _C.task_ranges_probe(10, 2, slow_thread0_us=20000.0)
+    if len(runs) < 2:
+        pytest.skip("no OpenMP team of two threads in this build")
+    _check_task_runs(runs, 10, 2)
+    slow, fast = [t for t, _ in runs[0]], [t for t, _ in runs[1]]
+    assert len(slow) < 5 and set(fast) > {5, 6, 7, 8, 9}  # the fast thread took part of the slow one's range
+
+
+def test_task_ranges_probe_checks_its_arguments():
+    with pytest.raises(ValueError, match="tasks"):
+        _C.task_ranges_probe(-1, 2)

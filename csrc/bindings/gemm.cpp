@@ -2,11 +2,17 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <array>
+#include <chrono>
+#include <thread>
+#include <vector>
+
 #include "../common/cpu_features.h"
 #include "../cpu/gemm_bf16.h"
 #include "../cpu/gemm_f8w.h"
 #include "../cpu/gemm_w8a8.h"
 #include "../cpu/peak.h"
+#include "../cpu/task_ranges.h"
 #include "args.h"
 #include "dlpack_view.h"
 #include "registry.h"
@@ -152,7 +158,7 @@ constexpr const char* kColsumNames[] = {"colsum[0]", "colsum[1]", "colsum[2]", "
 constexpr const char* kWScaleNames[] = {"w_scale[0]", "w_scale[1]", "w_scale[2]", "w_scale[3]"};
 constexpr const char* kWeightsNames[] = {"weights[0]", "weights[1]", "weights[2]", "weights[3]"};
 constexpr const char* kOutsNames[] = {"outs[0]", "outs[1]", "outs[2]", "outs[3]"};
-static_assert(cpu::kMaxBf16Segments == 4, "one name per possible weight");
+static_assert(cpu::kMaxBf16Segments == 4 && cpu::kMaxW8A8Segments == 4, "one name per possible weight");
 
 // x against several packed int8 weights (lists of packed, colsum, w_scale, out), x quantized once.
 void linear_w8a8_multi(py::handle x_, const py::sequence& packeds, const py::sequence& colsums,
@@ -364,6 +370,27 @@ void register_gemm(py::module_& m) {
         py::arg("w_scale"), py::arg("outs"), py::arg("n_threads") = 1, py::arg("isa") = py::none(),
         "linear_w8a8 for 1 to 4 weights sharing x (lists of packed, colsum, w_scale and outs): x quantized once; "
         "each output equals linear_w8a8 of its weight alone.");
+  m.def("task_ranges_probe", [](int64_t tasks, int n_threads, double slow_thread0_us) {
+        ILLADA_CHECK(tasks >= 0 && tasks < (int64_t{1} << 32), "tasks: expected 0 <= tasks < 2^32, got " << tasks);
+        n_threads = threads_arg(n_threads);
+        std::vector<std::vector<std::array<int64_t, 2>>> runs(static_cast<size_t>(n_threads));
+        {
+          py::gil_scoped_release nogil;
+          cpu::TaskRanges ranges(tasks, n_threads);
+#pragma omp parallel num_threads(n_threads)
+          {
+            const int t = cpu::TaskRanges::thread_index();
+            ranges.run([&](int64_t task, int64_t next) {
+              if (t == 0 && slow_thread0_us > 0)
+                std::this_thread::sleep_for(std::chrono::duration<double, std::micro>(slow_thread0_us));
+              runs[static_cast<size_t>(t)].push_back({task, next});
+            });
+          }
+        }
+        return runs;
+      }, py::arg("tasks"), py::arg("n_threads"), py::arg("slow_thread0_us") = 0.0,
+        "Test probe of the GEMMs' task scheduler (task_ranges.h): per thread of the team, the (task, expected next "
+        "task) pairs it ran, in order; thread 0 sleeps slow_thread0_us before each task.");
   m.def("amx_tile_dot", &amx_tile_dot, py::arg("kind"), py::arg("c"), py::arg("a"), py::arg("b"),
         py::arg("backend") = "emulated",
         "Test probe of the AMX tile layer: c += a . b by tdpbssd/tdpbusd/tdpbf16ps (tiles 0, 4, 6 shaped as the "

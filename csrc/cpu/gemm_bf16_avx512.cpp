@@ -10,6 +10,7 @@
 #include "avx512_util.h"
 #include "gemm_bf16.h"
 #include "gemm_w8a8.h"  // f32_to_bf16
+#include "task_ranges.h"
 
 namespace illada::cpu {
 
@@ -17,11 +18,11 @@ namespace {
 
 constexpr int kMR = 3, kNR = 8;
 constexpr int64_t kRowsPerTask = 128, kKBlock = 1024;  // kKBlock: a multiple of 32 (chunking is K-block free)
-// Weights stream from DRAM at decoding's small M; a task prefetches the panel kPrefetchPanels ahead of it (the
-// same thread's task after next under schedule(static)). On Zen 5 at M = 32 with weights out of cache, prefetching
-// beat none; 1, 2, 4 or 6 panels ahead, into L1 or L2, measured within the shared machine's noise of each other.
-// Issued one line per k step inside the tile rather than in a burst before it: 3-5% faster there.
-constexpr int64_t kPrefetchPanels = 2;
+// Weights stream from DRAM at decoding's small M; a task prefetches the panel kAheadTasks + 1 tasks ahead along its
+// thread's walk (from TaskRanges' guess of the next task). On Zen 5 at M = 32 with weights out of cache, prefetching
+// beat none, and two panels ahead beat one by about 3% (in-process A/B); issued one line per k step inside the tile
+// rather than in a burst before it: 3-5% faster there.
+constexpr int64_t kAheadTasks = 1;
 
 // 8 vectors -> their 8 lane sums, in order: within each 128-bit lane (e0 + e2) + (e1 + e3), then (s0 + s2) + (s1 + s3).
 inline __m256 reduce8(const __m512* v) {
@@ -124,51 +125,68 @@ TileFn pick(int mr, int nr) {
 }  // namespace
 
 void gemm_bf16_avx512(const GemmBf16Params& p) {
-  // Tasks: (panel of kNR weight rows of one segment) x (block of kRowsPerTask rows), panel-major, so one thread's
-  // consecutive tasks walk the weights once, in order.
+  // Tasks: (panel of kNR weight rows of one segment) x (block of kRowsPerTask rows), panel-major across the
+  // segments, so one thread's consecutive tasks walk the weights once, in order; TaskRanges balances the threads.
   int64_t panel_start[kMaxBf16Segments + 1] = {0};
   for (int s = 0; s < p.n_seg; ++s) panel_start[s + 1] = panel_start[s] + (p.seg[s].N + kNR - 1) / kNR;
-  const int64_t panels = panel_start[p.n_seg];
   const int64_t row_blocks = (p.M + kRowsPerTask - 1) / kRowsPerTask;
-#pragma omp parallel for num_threads(p.n_threads) schedule(static)
-  for (int64_t task = 0; task < panels * row_blocks; ++task) {
+  struct Task {
+    int s;
+    int64_t panel, n0, m_begin, m_end;
+    int nr;
+  };
+  auto decode = [&](int64_t task) {
     const int64_t panel = task / row_blocks, rb = task % row_blocks;
     int s = 0;
     while (panel >= panel_start[s + 1]) ++s;
-    const GemmBf16Segment& g = p.seg[s];
-    const int64_t n0 = (panel - panel_start[s]) * kNR;
-    const int nr = static_cast<int>(std::min<int64_t>(kNR, g.N - n0));
-    const int64_t m_begin = rb * kRowsPerTask, m_end = std::min(p.M, m_begin + kRowsPerTask);
+    Task d{s, panel, (panel - panel_start[s]) * kNR, rb * kRowsPerTask, 0, 0};
+    d.m_end = std::min(p.M, d.m_begin + kRowsPerTask);
+    d.nr = static_cast<int>(std::min<int64_t>(kNR, p.seg[s].N - d.n0));
+    return d;
+  };
+  const int64_t tasks = panel_start[p.n_seg] * row_blocks;
+  TaskRanges ranges(tasks, p.n_threads);
+#pragma omp parallel num_threads(p.n_threads)
+  ranges.run([&](int64_t task, int64_t next) {
+    const Task d = decode(task);
+    const GemmBf16Segment& g = p.seg[d.s];
     alignas(64) __m512 park[kRowsPerTask * kNR];  // only used when K spans several K blocks
-    // The weights of the panel kPrefetchPanels ahead in this segment are prefetched while this one computes, their
-    // cache lines spread evenly over this task's tile calls.
-    const int64_t nn0 = n0 + kPrefetchPanels * kNR;
-    const int64_t n_next = rb + 1 < row_blocks || nn0 >= g.N ? 0 : std::min<int64_t>(kNR, g.N - nn0);
-    const bool contiguous = g.ldw == p.K;
+    // The weights of a panel this thread expects to run soon (in the next segment too) are prefetched while this one
+    // computes, their cache lines spread evenly over this task's tile calls.
+    int64_t n_next = 0, nn0 = 0;
+    const GemmBf16Segment* gn = &g;
+    // Two panels ahead along the thread's walk: one panel is only 16 KB (K = 1024), too little time to hide DRAM.
+    const int64_t ahead = next >= 0 ? next + (next - task) * kAheadTasks : -1;
+    if (next >= 0 && ahead >= 0 && ahead < tasks) {
+      const Task n = decode(ahead);
+      if (n.panel != d.panel) n_next = n.nr, nn0 = n.n0, gn = &p.seg[n.s];
+    }
+    const bool contiguous = gn->ldw == p.K;
     const int64_t row_lines = (p.K * 2 + 63) / 64;
     const int64_t lines = contiguous ? (n_next * p.K * 2 + 63) / 64 : n_next * row_lines;
-    const char* pf_base = reinterpret_cast<const char*>(g.w + nn0 * g.ldw);
-    const int64_t calls = std::max<int64_t>(1, (p.K + kKBlock - 1) / kKBlock) * ((m_end - m_begin + kMR - 1) / kMR);
+    const char* pf_base = reinterpret_cast<const char*>(gn->w + nn0 * gn->ldw);
+    const int64_t calls = std::max<int64_t>(1, (p.K + kKBlock - 1) / kKBlock) * ((d.m_end - d.m_begin + kMR - 1) / kMR);
     int64_t call = 0;
     for (int64_t k0 = 0; k0 < p.K || k0 == 0; k0 += kKBlock) {
       const int64_t k1 = std::min(p.K, k0 + kKBlock);
-      for (int64_t m0 = m_begin; m0 < m_end; m0 += kMR, ++call) {
+      for (int64_t m0 = d.m_begin; m0 < d.m_end; m0 += kMR, ++call) {
         const int64_t l0 = call * lines / calls, l1 = (call + 1) * lines / calls;
         // contiguous rows: one range, issued by the tile between its steps (a prefetch past the tensor's end never
         // faults); else lines l0 .. l1 of rows nn0.., row by row, here
         if (!contiguous && l1 > l0) {
           int64_t r = l0 / row_lines, off = l0 % row_lines;
           for (int64_t l = l0; l < l1; ++l) {
-            _mm_prefetch(reinterpret_cast<const char*>(g.w + (nn0 + r) * g.ldw) + off * 64, _MM_HINT_T0);
+            _mm_prefetch(reinterpret_cast<const char*>(gn->w + (nn0 + r) * gn->ldw) + off * 64, _MM_HINT_T0);
             if (++off == row_lines) off = 0, ++r;
           }
         }
-        const int mr = static_cast<int>(std::min<int64_t>(kMR, m_end - m0));
-        pick(mr, nr)(p, g, m0, n0, k0, k1, park + (m0 - m_begin) * kNR, pf_base + l0 * 64, contiguous ? l1 - l0 : 0);
+        const int mr = static_cast<int>(std::min<int64_t>(kMR, d.m_end - m0));
+        pick(mr, d.nr)(p, g, m0, d.n0, k0, k1, park + (m0 - d.m_begin) * kNR, pf_base + l0 * 64,
+                       contiguous ? l1 - l0 : 0);
       }
       if (p.K == 0) break;
     }
-  }
+  });
 }
 
 }  // namespace illada::cpu

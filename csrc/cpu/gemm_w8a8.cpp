@@ -58,37 +58,39 @@ void linear_w8a8(const LinearW8A8Params& p, Isa isa) {
 }
 
 void linear_w8a8_segments(const LinearW8A8Params& p, const W8A8Segment* seg, int n_seg, Isa isa) {
+  ILLADA_CHECK(n_seg >= 1 && n_seg <= kMaxW8A8Segments, "linear_w8a8: 1 to 4 weights");
   if (p.M == 0) return;
   const int64_t Kp = round_up(p.K, 4);
   // quantized x and its row scales in per-thread scratch kept across calls (scratch.h); both fully written below
   int8_t* const q = scratch_as<int8_t>(ScratchSlot::linear_activations, static_cast<size_t>(p.M * Kp));
   float* const xs = scratch_as<float>(ScratchSlot::linear_scales, static_cast<size_t>(p.M));
-  GemmS8Params g{};
-  g.a = q;
-  g.lda = Kp;
-#if defined(ILLADA_HAVE_AVX512)
-  if (isa >= Isa::avx512) {
-    quantize_rows_s8_avx512(p.x, p.x_is_bf16, p.ldx, p.M, p.K, q, xs, /*shifted=*/true, p.n_threads);
-    g.a_shifted = true;
-  } else
-#endif
-  {
-    quantize_rows_s8(p.x, p.x_is_bf16, p.ldx, p.M, p.K, q, xs, p.n_threads);
-  }
-  g.M = p.M;
-  g.K4 = Kp / 4;
-  g.out_kind = p.out_is_bf16 ? OutKind::bf16 : OutKind::f32;
-  g.a_scale = xs;
-  g.n_threads = p.n_threads;
+  GemmS8Params g[kMaxW8A8Segments];
   for (int s = 0; s < n_seg; ++s) {
-    g.w_packed = seg[s].w_packed;
-    g.colsum = seg[s].colsum;
-    g.w_scale = seg[s].w_scale;
-    g.N = seg[s].N;
-    g.out = seg[s].out;
-    g.ldo = seg[s].ldo;
-    gemm_s8(g, isa);
+    GemmS8Params& d = g[s];
+    d = GemmS8Params{};
+    d.a = q;
+    d.lda = Kp;
+    d.a_shifted = isa >= Isa::avx512;
+    d.M = p.M;
+    d.K4 = Kp / 4;
+    d.out_kind = p.out_is_bf16 ? OutKind::bf16 : OutKind::f32;
+    d.a_scale = xs;
+    d.n_threads = p.n_threads;
+    d.w_packed = seg[s].w_packed;
+    d.colsum = seg[s].colsum;
+    d.w_scale = seg[s].w_scale;
+    d.N = seg[s].N;
+    d.out = seg[s].out;
+    d.ldo = seg[s].ldo;
   }
+#if defined(ILLADA_HAVE_AVX512)
+  if (isa == Isa::avx512) return linear_w8a8_avx512(p, g, n_seg, q, xs);
+  if (isa >= Isa::avx512)
+    quantize_rows_s8_avx512(p.x, p.x_is_bf16, p.ldx, p.M, p.K, q, xs, /*shifted=*/true, p.n_threads);
+  else
+#endif
+    quantize_rows_s8(p.x, p.x_is_bf16, p.ldx, p.M, p.K, q, xs, p.n_threads);
+  for (int s = 0; s < n_seg; ++s) gemm_s8(g[s], isa);
 }
 
 void gemm_s8(const GemmS8Params& p, Isa isa) {

@@ -72,11 +72,15 @@ struct W8A8Segment {
   void* out;
   int64_t ldo;
 };
+constexpr int kMaxW8A8Segments = 4;
 void linear_w8a8_segments(const LinearW8A8Params& p, const W8A8Segment* seg, int n_seg, Isa isa);
 
 void gemm_s8_generic(const GemmS8Params& p);
 void gemm_s8_avx2(const GemmS8Params& p);
 void gemm_s8_avx512(const GemmS8Params& p);
+// The AVX-512 VNNI variant of linear_w8a8_segments: x quantized into q (as q + 128) and xs, which the GEMMs g[0 ..
+// n_seg) (one per weight, sharing A = q) read, and all of them in one OpenMP region.
+void linear_w8a8_avx512(const LinearW8A8Params& p, const GemmS8Params* g, int n_seg, int8_t* q, float* xs);
 // AMX-INT8 (tdpbssd) over the same packed layout; `emulated` runs the tile instructions' C++ emulation (amx_tiles.h)
 // instead of the hardware's. Results are bit-identical to gemm_s8_avx512's.
 void gemm_s8_amx(const GemmS8Params& p, bool emulated);

@@ -5,11 +5,13 @@
 // Compiled with -mavx512f -mavx512bw -mavx512vl -mavx512vnni; called only when the CPU has them.
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
 #include "avx512_util.h"
 #include "gemm_w8a8.h"
+#include "task_ranges.h"
 
 namespace illada::cpu {
 
@@ -20,10 +22,6 @@ constexpr int64_t kRowsPerTask = 96;
 // K block: 64 groups of 4 (256 bytes of K): a panel's weights for one K block are kNV * 4 KB and stay in L1
 // while every row tile of the task uses them.
 constexpr int64_t kK4Block = 64;
-// How far ahead (in panels of kNV blocks) a task prefetches weights. With the prefetches spread one per k step
-// (rather than issued in a burst at each tile call), M = 32 against weights streaming from DRAM ran 7-10% faster,
-// and one panel ahead beat two and four (AMD EPYC Zen 5, 2 threads, the 176M model's shapes).
-constexpr int64_t kPrefetchPanels = 1;
 
 // One register tile over k4 in [k_begin, k_end). First K block starts from zero, later ones resume from the
 // int32 scratch `c` (ldc = kNV * 16); the last K block runs the epilogue, the others park the sums in `c`.
@@ -81,39 +79,116 @@ struct TileS8 {
 
 }  // namespace
 
-void quantize_rows_s8_avx512(const void* x, bool x_is_bf16, int64_t ldx, int64_t M, int64_t K, int8_t* q,
-                             float* scale, bool shifted, int n_threads) {
+namespace {
+
+// One row of quantize_rows_s8_avx512 (below).
+void quantize_row_s8(const void* x, bool x_is_bf16, int64_t ldx, int64_t m, int64_t K, int8_t* q, float* scale,
+                     bool shifted) {
   const int64_t Kp = round_up(K, 4);
   const __m512 lim = _mm512_set1_ps(127.f), nlim = _mm512_set1_ps(-127.f);
   const __m128i flip = _mm_set1_epi8(static_cast<char>(shifted ? 0x80 : 0));
-#pragma omp parallel for num_threads(n_threads) schedule(static)
-  for (int64_t m = 0; m < M; ++m) {
-    auto load = [&](int64_t k, __mmask16 mask) {
-      if (x_is_bf16) {
-        const __m256i h = _mm256_maskz_loadu_epi16(mask, static_cast<const uint16_t*>(x) + m * ldx + k);
-        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-      }
-      return _mm512_maskz_loadu_ps(mask, static_cast<const float*>(x) + m * ldx + k);
-    };
-    __m512 amax = _mm512_setzero_ps();
-    for (int64_t k = 0; k < K; k += 16) {
-      const __mmask16 mask = K - k >= 16 ? 0xffff : static_cast<__mmask16>((1u << (K - k)) - 1u);
-      amax = _mm512_max_ps(amax, _mm512_abs_ps(load(k, mask)));
+  auto load = [&](int64_t k, __mmask16 mask) {
+    if (x_is_bf16) {
+      const __m256i h = _mm256_maskz_loadu_epi16(mask, static_cast<const uint16_t*>(x) + m * ldx + k);
+      return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
     }
-    const float a = _mm512_reduce_max_ps(amax);
-    const float s = a > 0.f ? a / 127.f : 1.f;
-    scale[m] = s;
-    const __m512 sv = _mm512_set1_ps(s);
-    int8_t* out = q + m * Kp;
-    for (int64_t k = 0; k < K; k += 16) {
-      const __mmask16 mask = K - k >= 16 ? 0xffff : static_cast<__mmask16>((1u << (K - k)) - 1u);
-      __m512 v = _mm512_roundscale_ps(_mm512_div_ps(load(k, mask), sv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-      v = _mm512_min_ps(_mm512_max_ps(v, nlim), lim);
-      const __m128i b = _mm_xor_si128(_mm512_cvtepi32_epi8(_mm512_cvtps_epi32(v)), flip);
-      _mm_mask_storeu_epi8(out + k, mask, b);
-    }
-    for (int64_t k = K; k < Kp; ++k) out[k] = static_cast<int8_t>(shifted ? 0x80 : 0);
+    return _mm512_maskz_loadu_ps(mask, static_cast<const float*>(x) + m * ldx + k);
+  };
+  __m512 amax = _mm512_setzero_ps();
+  for (int64_t k = 0; k < K; k += 16) {
+    const __mmask16 mask = K - k >= 16 ? 0xffff : static_cast<__mmask16>((1u << (K - k)) - 1u);
+    amax = _mm512_max_ps(amax, _mm512_abs_ps(load(k, mask)));
   }
+  const float a = _mm512_reduce_max_ps(amax);
+  const float s = a > 0.f ? a / 127.f : 1.f;
+  scale[m] = s;
+  const __m512 sv = _mm512_set1_ps(s);
+  int8_t* out = q + m * Kp;
+  for (int64_t k = 0; k < K; k += 16) {
+    const __mmask16 mask = K - k >= 16 ? 0xffff : static_cast<__mmask16>((1u << (K - k)) - 1u);
+    __m512 v = _mm512_roundscale_ps(_mm512_div_ps(load(k, mask), sv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    v = _mm512_min_ps(_mm512_max_ps(v, nlim), lim);
+    const __m128i b = _mm_xor_si128(_mm512_cvtepi32_epi8(_mm512_cvtps_epi32(v)), flip);
+    _mm_mask_storeu_epi8(out + k, mask, b);
+  }
+  for (int64_t k = K; k < Kp; ++k) out[k] = static_cast<int8_t>(shifted ? 0x80 : 0);
+}
+
+// The GEMMs of up to kMaxW8A8Segments weights sharing A (seg[s] differ only in their weight, scales and output),
+// in one OpenMP region: `before()` runs first on every thread of the team and must end with a barrier (the fused
+// linear quantizes A there); then the tasks, (panel of kNV blocks of one segment) x (block of kRowsPerTask rows),
+// panel-major across the segments, run under TaskRanges. A task whose thread expects a task of another panel next
+// prefetches that panel's weights (in the next segment too), its cache lines shared out over the tile calls, which
+// issue them between their k steps: at decoding's small M the weights stream from DRAM. Measured at M = 32 with
+// weights from DRAM on the 176M model's shapes (AMD EPYC Zen 5, 2 threads): one panel ahead beat two and four, and
+// spreading the lines over the k steps beat a burst at each tile call by 7-10%.
+template <class Before>
+void gemm_s8_segments(const GemmS8Params* seg, int n_seg, const Before& before) {
+  const GemmS8Params& p0 = seg[0];
+  const int64_t row_tasks = (p0.M + kRowsPerTask - 1) / kRowsPerTask;
+  int64_t start[kMaxW8A8Segments + 1] = {0};
+  for (int s = 0; s < n_seg; ++s) start[s + 1] = start[s] + (round_up(seg[s].N, 16 * kNV) / (16 * kNV)) * row_tasks;
+  TaskRanges ranges(start[n_seg], p0.n_threads);
+  struct Task {
+    int s;
+    int64_t nb0, m_begin, m_end;
+    int nv;
+  };
+  auto decode = [&](int64_t task) {
+    int s = 0;
+    while (task >= start[s + 1]) ++s;
+    const int64_t local = task - start[s], NB = round_up(seg[s].N, 16) / 16;
+    Task d{s, (local / row_tasks) * kNV, (local % row_tasks) * kRowsPerTask, 0, 0};
+    d.m_end = std::min(p0.M, d.m_begin + kRowsPerTask);
+    d.nv = static_cast<int>(std::min<int64_t>(kNV, NB - d.nb0));
+    return d;
+  };
+#pragma omp parallel num_threads(p0.n_threads)
+  {
+    before();
+    ranges.run([&](int64_t task, int64_t next) {
+      const Task d = decode(task);
+      const GemmS8Params& p = seg[d.s];
+      alignas(64) int32_t scratch[kRowsPerTask * kNV * 16];
+      int64_t lines = 0;  // 64 B each
+      const char* pf = nullptr;
+      if (next >= 0) {
+        const Task n = decode(next);
+        if (n.s != d.s || n.nb0 != d.nb0) {
+          lines = n.nv * p0.K4;
+          pf = reinterpret_cast<const char*>(seg[n.s].w_packed + n.nb0 * p0.K4 * 64);
+        }
+      }
+      const int64_t calls = std::max<int64_t>(1, (p.K4 + kK4Block - 1) / kK4Block) *
+                            ((d.m_end - d.m_begin + kMR - 1) / kMR);
+      int64_t call = 0;
+      for (int64_t k0 = 0; k0 < p.K4 || k0 == 0; k0 += kK4Block) {
+        const int64_t k1 = k0 + kK4Block < p.K4 ? k0 + kK4Block : p.K4;
+        avx512::for_each_row_tile(d.m_begin, d.m_end, kMR, [&](int64_t m0, int mr) {
+          const int64_t l0 = call * lines / calls, l1 = (call + 1) * lines / calls;
+          ++call;
+          avx512::pick_tile<TileS8>(mr, d.nv)(p, m0, d.nb0, k0, k1, scratch + (m0 - d.m_begin) * kNV * 16,
+                                              pf + l0 * 64, l1 - l0);
+        });
+      }
+    });
+  }
+}
+
+}  // namespace
+
+void quantize_rows_s8_avx512(const void* x, bool x_is_bf16, int64_t ldx, int64_t M, int64_t K, int8_t* q,
+                             float* scale, bool shifted, int n_threads) {
+#pragma omp parallel for num_threads(n_threads) schedule(static)
+  for (int64_t m = 0; m < M; ++m) quantize_row_s8(x, x_is_bf16, ldx, m, K, q, scale, shifted);
+}
+
+void linear_w8a8_avx512(const LinearW8A8Params& p, const GemmS8Params* g, int n_seg, int8_t* q, float* xs) {
+  // x is quantized (as q + 128) in the GEMM's own region: one fork and one barrier fewer per call
+  gemm_s8_segments(g, n_seg, [&] {
+#pragma omp for schedule(static)
+    for (int64_t m = 0; m < p.M; ++m) quantize_row_s8(p.x, p.x_is_bf16, p.ldx, m, p.K, q, xs, /*shifted=*/true);
+  });
 }
 
 void gemm_s8_avx512(const GemmS8Params& in) {
@@ -133,27 +208,7 @@ void gemm_s8_avx512(const GemmS8Params& in) {
     p.a = shifted.data();
     p.lda = Kp;
   }
-  avx512::for_each_gemm_task(p.M, p.N, kRowsPerTask, kNV, p.n_threads,
-                             [&](int64_t m_begin, int64_t m_end, int64_t nb0, int nv) {
-    alignas(64) int32_t scratch[kRowsPerTask * kNV * 16];
-    // The last row task of a panel prefetches the panel kPrefetchPanels ahead (contiguous in the packed layout),
-    // its cache lines shared out over this task's tile calls, which issue them between their k steps: at
-    // decoding's small M the weights stream from DRAM.
-    const int64_t nb_pf = nb0 + kPrefetchPanels * kNV, NB = round_up(p.N, 16) / 16;
-    const int64_t lines = m_end == p.M && nb_pf < NB ? std::min<int64_t>(kNV, NB - nb_pf) * p.K4 : 0;  // 64 B each
-    const char* pf = reinterpret_cast<const char*>(p.w_packed + nb_pf * p.K4 * 64);
-    const int64_t calls = std::max<int64_t>(1, (p.K4 + kK4Block - 1) / kK4Block) * ((m_end - m_begin + kMR - 1) / kMR);
-    int64_t call = 0;
-    for (int64_t k0 = 0; k0 < p.K4 || k0 == 0; k0 += kK4Block) {
-      const int64_t k1 = k0 + kK4Block < p.K4 ? k0 + kK4Block : p.K4;
-      avx512::for_each_row_tile(m_begin, m_end, kMR, [&](int64_t m0, int mr) {
-        const int64_t l0 = call * lines / calls, l1 = (call + 1) * lines / calls;
-        ++call;
-        avx512::pick_tile<TileS8>(mr, nv)(p, m0, nb0, k0, k1, scratch + (m0 - m_begin) * kNV * 16, pf + l0 * 64,
-                                          l1 - l0);
-      });
-    }
-  });
+  gemm_s8_segments(&p, 1, [] {});
 }
 
 }  // namespace illada::cpu
