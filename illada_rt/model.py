@@ -84,6 +84,7 @@ class WeightLoader:
                  strict: bool = True):
         self.store, self.scheme, self.device, self.dtype, self.strict = store, scheme, device, dtype, strict
         self.released: list[str] = []  # tensors the model holds copies of: their mapped pages are not needed
+        self.arena = ops.WeightArena()  # the packed weights' memory: in load order, in huge pages where the OS has them
 
     def refuse(self, message: str) -> None:
         if self.strict:
@@ -122,7 +123,7 @@ class WeightLoader:
 
     def linear(self, name: str, shape: tuple[int, int]) -> torch.Tensor | QuantizedLinear:
         self._check_dtype(name, quantizable=True)
-        w = load_linear(self.store, name, shape, self.scheme, self.device, self.dtype)
+        w = load_linear(self.store, name, shape, self.scheme, self.device, self.dtype, self.arena)
         stored = self.store.get(name, shape)
         if isinstance(w, QuantizedLinear):  # int8 is always finite; 8-bit floats and the scales may not be
             scale = name[: -len(".weight")] + ".weight_scale"

@@ -251,16 +251,16 @@ class QuantizedLinear:
     the weight kept at one byte per element in GPU memory. Every other case holds the dequantized weight in the compute dtype."""
 
     def __init__(self, q: torch.Tensor, scale: torch.Tensor, granularity: str, device: torch.device,
-                 dtype: torch.dtype, name: str):
+                 dtype: torch.dtype, name: str, arena: ops.WeightArena | None = None):
         self.name, self.shape, self.dtype = name, tuple(q.shape), dtype
         self.packed = None
         self.dense = None
         N = q.shape[0]
         self.kernel = linear_kernel("int8" if q.dtype == torch.int8 else "fp8", granularity, device, dtype)
         if self.kernel == "w8a8":
-            self.packed = ops.pack_int8_weight(q, scale.reshape(-1))
+            self.packed = ops.pack_int8_weight(q, scale.reshape(-1), arena)
         elif self.kernel == "fp8w":
-            self.packed = ops.pack_fp8_weight(q, scale.reshape(-1).expand(N) if scale.numel() == 1 else scale)
+            self.packed = ops.pack_fp8_weight(q, scale.reshape(-1).expand(N) if scale.numel() == 1 else scale, arena)
         elif self.kernel in ("gemm_w8a8", "gemm_fp8"):
             from .ops import cuda_gemm
 
@@ -314,9 +314,9 @@ def device_bytes_estimate(store, kernel: str, dtype: torch.dtype) -> int:
 
 
 def load_linear(store, name: str, shape: tuple[int, int], scheme: QuantScheme | None, device: torch.device,
-                dtype: torch.dtype):
+                dtype: torch.dtype, arena: ops.WeightArena | None = None):
     """The weight `name` (ending in .weight) as a dense tensor or a QuantizedLinear, per the scheme and what the
-    file holds."""
+    file holds; a weight packed for a CPU kernel goes into `arena`'s memory when one is given."""
     entry = store.entry(name) if name in store else None
     if scheme is None or entry is None or entry.dtype not in (torch.int8, torch.float8_e4m3fn):
         return store.get(name, shape).to(device=device, dtype=dtype)
@@ -346,4 +346,4 @@ def load_linear(store, name: str, shape: tuple[int, int], scheme: QuantScheme | 
     if (q.dtype == torch.int8) != (scheme.scheme == "int8"):
         raise CheckpointError(f"{store.directory}: {name!r} is {q.dtype} but quantization_config says "
                               f"{scheme.scheme}")
-    return QuantizedLinear(q, s, gran, device, dtype, prefix)
+    return QuantizedLinear(q, s, gran, device, dtype, prefix, arena)

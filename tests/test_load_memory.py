@@ -10,6 +10,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import illada_rt
+from illada_rt import ops
 from illada_rt.checkpoint import WeightStore, has_nonfinite
 from illada_rt.quantize import quantize_checkpoint
 from illada_rt.synthetic import TinySpec, write_checkpoint
@@ -90,3 +91,72 @@ def test_fp8_finiteness_check_reads_every_pattern_and_allocates_nothing(dtype):
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as p:
         assert not has_nonfinite(big)
     assert max(e.cpu_memory_usage for e in p.events()) < 1024  # a scalar result, no mask the size of the tensor
+
+
+def _smaps_fields(address: int) -> dict:
+    """The /proc/self/smaps fields of the mapping (VMA) holding `address`."""
+    with open("/proc/self/smaps") as f:
+        found, fields = False, {}
+        for line in f:
+            first = line.split(maxsplit=1)[0]
+            if "-" in first and not first.endswith(":"):
+                if found:
+                    break
+                lo, hi = (int(v, 16) for v in first.split("-"))
+                found = lo <= address < hi
+            elif found and ":" in first:
+                fields[first[:-1]] = line.split()[1]
+    return fields
+
+
+needs_thp_advice = pytest.mark.skipif(not ops.WeightArena.available(), reason="no MADV_HUGEPAGE on this OS")
+
+
+@needs_thp_advice
+def test_weight_arena_lays_weights_out_in_order_in_huge_page_aligned_mappings():
+    arena = ops.WeightArena()
+    small = arena.empty(1000, torch.int8)  # under SMALL: torch.empty's memory
+    a = arena.empty(3 << 20, torch.int8)
+    b = arena.empty(1 << 20, torch.uint8)
+    big = arena.empty(ops.WeightArena.CHUNK, torch.int8)  # over half a chunk: a mapping of its own
+    c = arena.empty(5000 << 10, torch.int8)
+    e = arena.empty(30 << 20, torch.int8)
+    d = arena.empty(30 << 20, torch.int8)  # does not fit the chunk's rest: a new chunk
+    assert len(arena.mappings) == 3 and small.numel() == 1000 and e.data_ptr() == c.data_ptr() + (5000 << 10)
+    assert a.data_ptr() % (2 << 20) == 0 and big.data_ptr() % (2 << 20) == 0 and d.data_ptr() % (2 << 20) == 0
+    assert b.data_ptr() == a.data_ptr() + (3 << 20) and c.data_ptr() == b.data_ptr() + (1 << 20)  # side by side
+    for t in (a, b, big, c, d):
+        t.fill_(7)
+        assert t.dtype in (torch.int8, torch.uint8) and t.is_contiguous() and int(t[-1]) == 7
+    path = "/sys/kernel/mm/transparent_hugepage/enabled"
+    if os.path.exists(path) and "[never]" not in open(path).read():
+        assert _smaps_fields(a.data_ptr()).get("THPeligible") == "1"
+
+
+@needs_thp_advice
+def test_weight_arena_mappings_go_with_their_last_weight():
+    arena = ops.WeightArena()
+    a = arena.empty(1 << 20, torch.int8)
+    big = arena.empty(ops.WeightArena.CHUNK, torch.int8)
+    chunk, own = arena.mappings
+    del big
+    assert own() is None and chunk() is not None  # nothing else holds a large weight's own mapping
+    del arena
+    assert chunk() is not None  # a's view keeps its chunk
+    del a
+    assert chunk() is None
+
+
+@needs_thp_advice
+def test_quantized_model_packs_into_its_arena_and_runs_alike(source, tmp_path, monkeypatch):
+    dst = tmp_path / "int8"
+    quantize_checkpoint(source, dst, "int8", progress=False)
+    ids = torch.randint(0, 100, (1, 8), generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(ops.WeightArena, "SMALL", 0)  # this model's weights are small: every one in the arena
+    model = illada_rt.load(dst)
+    layer = model.transformer.layers[0]
+    q, k = layer.q.packed.packed, layer.k.packed.packed
+    assert q.data_ptr() % (2 << 20) == 0 and k.data_ptr() == q.data_ptr() + q.numel()  # in load order, side by side
+    monkeypatch.setattr(ops.WeightArena, "available", staticmethod(lambda: False))
+    plain = illada_rt.load(dst)
+    assert torch.equal(model.forward(ids), plain.forward(ids))

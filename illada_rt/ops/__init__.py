@@ -6,7 +6,9 @@ can flip it).
 """
 from __future__ import annotations
 
+import mmap
 import os
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -342,10 +344,68 @@ def linear_bf16(x: torch.Tensor, weights, isa: str | None = None, force: bool = 
     return outs
 
 
-def pack_int8_weight(weight: torch.Tensor, scale: torch.Tensor) -> Int8Weight:
-    """weight [N, K] int8 (CPU), scale [N] (per output channel) -> Int8Weight."""
+class WeightArena:
+    """Memory for one model's packed weights: mappings of CHUNK bytes (or one per larger weight), each starting on a
+    2 MiB boundary and advised for transparent huge pages where the OS offers them (Linux, THP in "madvise" or
+    "always" mode), handed out in order, so one layer's weights lie side by side.
+
+    Why: at decoding's small M the GEMMs stream every weight from DRAM once per forward, and with 4 KiB pages each
+    64 KiB panel of int8 weights crosses 16 pages the hardware prefetchers stop at and the TLB misses on. Packed
+    into huge pages, a 176M-model layer's W8A8 GEMMs at M = 32 ran 9% faster and the dual-cache int8 decode of the
+    bench 4-6% (AMD EPYC Zen 5, 2 threads, in-process A/B against the same weights in 4 KiB pages). The weights
+    are written once, by the packing, so the pages are faulted in as huge pages from the start.
+
+    Each tensor handed out is a view that keeps its mapping alive: a mapping is unmapped when the last weight in it
+    is gone and this arena has moved on from it. Unused space is never touched, so costs no memory beyond at most
+    one huge page per mapping. Small requests (under SMALL bytes), and every request where the OS has no THP
+    advice, get ordinary torch.empty memory."""
+
+    CHUNK = 64 << 20
+    SMALL = 256 << 10
+    HUGE = 2 << 20
+
+    def __init__(self) -> None:
+        self._base: torch.Tensor | None = None  # the current mapping as uint8, from its first 2 MiB boundary
+        self._used = 0
+        self.mappings: list[weakref.ref] = []  # each mapping made, alive while a weight in it is
+
+    @staticmethod
+    def available() -> bool:
+        return hasattr(mmap, "MADV_HUGEPAGE")
+
+    def _map(self, nbytes: int) -> torch.Tensor:
+        size = _round_up(nbytes, self.HUGE) + self.HUGE  # room to start on a 2 MiB boundary
+        # private: a shared anonymous map is shmem, whose huge pages follow another setting (shmem_enabled)
+        m = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        try:
+            m.madvise(mmap.MADV_HUGEPAGE)
+        except OSError:  # a kernel without THP: ordinary pages, same layout
+            pass
+        whole = torch.frombuffer(m, dtype=torch.uint8)  # keeps m alive as long as any view of it lives
+        skip = -whole.data_ptr() % self.HUGE
+        self.mappings.append(weakref.ref(m))
+        return whole[skip:skip + size - self.HUGE]
+
+    def empty(self, numel: int, dtype: torch.dtype) -> torch.Tensor:
+        """An uninitialised 1-D tensor of numel elements, 4 KiB aligned."""
+        nbytes = numel * torch.empty((), dtype=dtype).element_size()
+        if nbytes < self.SMALL or not self.available():
+            return torch.empty(numel, dtype=dtype)
+        start = _round_up(self._used, 4096)
+        if self._base is None or start + nbytes > self._base.numel():
+            if nbytes > self.CHUNK // 2:  # a large weight gets a mapping of its own; the current one stays open
+                return self._map(nbytes)[:nbytes].view(dtype)
+            self._base, start = self._map(self.CHUNK), 0
+        self._used = start + nbytes
+        return self._base[start:start + nbytes].view(dtype)
+
+
+def pack_int8_weight(weight: torch.Tensor, scale: torch.Tensor, arena: WeightArena | None = None) -> Int8Weight:
+    """weight [N, K] int8 (CPU), scale [N] (per output channel) -> Int8Weight; the packed copy in `arena`'s memory
+    when one is given (a model's loader passes its own), else torch.empty's."""
     N, K, scale = _check_quantized_weight(weight, scale, torch.int8)
-    packed = torch.empty(_round_up(N, 16) * _round_up(K, 4), dtype=torch.int8)
+    numel = _round_up(N, 16) * _round_up(K, 4)
+    packed = arena.empty(numel, torch.int8) if arena is not None else torch.empty(numel, dtype=torch.int8)
     colsum = torch.empty(_round_up(N, 16), dtype=torch.int32)
     if _C is not None:
         _C.pack_w8(weight.cpu().contiguous(), packed, colsum, _threads())
@@ -417,12 +477,13 @@ def fp8_kernel_available() -> bool:
     return _C is not None and kernel_mode() == "auto" and cpu_isa() in ("avx512", "amx")
 
 
-def pack_fp8_weight(weight: torch.Tensor, scale: torch.Tensor) -> Fp8Weight:
-    """weight [N, K] float8_e4m3fn (CPU), scale [N] -> Fp8Weight."""
+def pack_fp8_weight(weight: torch.Tensor, scale: torch.Tensor, arena: WeightArena | None = None) -> Fp8Weight:
+    """weight [N, K] float8_e4m3fn (CPU), scale [N] -> Fp8Weight (the packed copy in `arena`'s memory if given)."""
     N, K, scale = _check_quantized_weight(weight, scale, torch.float8_e4m3fn)
     if _C is None:  # pragma: no cover - only without a build
         raise RuntimeError("the compiled module illada_rt._C is missing")
-    packed = torch.empty(_round_up(N, 16) * _round_up(K, 2), dtype=torch.uint8)
+    numel = _round_up(N, 16) * _round_up(K, 2)
+    packed = arena.empty(numel, torch.uint8) if arena is not None else torch.empty(numel, dtype=torch.uint8)
     _C.pack_f8(weight.cpu().contiguous().view(torch.uint8), packed, _threads())
     return Fp8Weight(packed, scale, N, K)
 
