@@ -234,8 +234,11 @@ class Transformer:
     def forward(self, ids: torch.Tensor, key_mask: torch.Tensor | None = None,
                 positions: torch.Tensor | None = None, logits_from: int = 0,
                 logits_to: int | None = None, cache: KVCache | None = None,
-                cache_from: int | None = None) -> torch.Tensor:
-        """ids [B, L] int64 -> float32 logits [B, logits_to - logits_from, embedding_size].
+                cache_from: int | None = None, float_logits: bool = True) -> torch.Tensor:
+        """ids [B, L] int64 -> float32 logits [B, logits_to - logits_from, embedding_size] (float_logits=False:
+        in the compute dtype, as the LM head gives them, for a reader that widens every value to float32 exactly
+        as .float() would: the decoders' sampling kernels; this saves a pass and a fresh buffer of
+        rows x vocab floats per step).
 
         key_mask [B, T] bool: False marks padding keys nobody may attend to. positions [B, T] or [T]:
         RoPE positions of the whole canvas (default 0..T-1). Only rows logits_from:logits_to of the input
@@ -283,4 +286,5 @@ class Transformer:
             h = ops.rms_norm(h[:, rows], self.final_norm, eps)
         else:
             h = ops.add_rms_norm(h[:, rows], down[:, rows], self.final_norm, eps)[1]
-        return linear(h, self.head).float()
+        logits = linear(h, self.head)
+        return logits.float() if float_logits else logits

@@ -145,8 +145,8 @@ def test_lm_head_runs_only_on_the_block(checkpoints, monkeypatch):
     seen = []
     orig = m.transformer.forward
 
-    def spy(ids, key_mask=None, positions=None, logits_from=0, logits_to=None):
-        out = orig(ids, key_mask, positions, logits_from, logits_to)
+    def spy(ids, key_mask=None, positions=None, logits_from=0, logits_to=None, **kw):
+        out = orig(ids, key_mask, positions, logits_from, logits_to, **kw)
         seen.append((ids.shape[1], out.shape[1]))
         return out
 

@@ -46,6 +46,18 @@ def test_default_dtype_follows_storage(checkpoints):
     assert illada_rt.load(checkpoints["llada_fp16_sharded"]).dtype == torch.float32
 
 
+def test_logits_in_the_compute_dtype_are_the_float32_ones_unrounded(checkpoints):
+    """float_logits=False (the decoders' sampling path) returns the LM head's output as it is: .float() of it is
+    forward()'s float32 logits, bit for bit."""
+    for dtype in (torch.bfloat16, torch.float32):
+        m = illada_rt.load(checkpoints["llada_bf16"], dtype=dtype)
+        ids = _ids(2, 13, seed=4)
+        raw = m.transformer.forward(ids, logits_from=3, logits_to=11, float_logits=False)
+        full = m.transformer.forward(ids, logits_from=3, logits_to=11)
+        assert raw.dtype == dtype and full.dtype == torch.float32 and raw.shape == full.shape == (2, 8, 101)
+        assert torch.equal(raw.float(), full)
+
+
 def test_bf16_compute_close_to_fp32(checkpoints):
     m16 = illada_rt.load(checkpoints["llada_bf16"])
     m32 = illada_rt.load(checkpoints["llada_bf16"], dtype=torch.float32)

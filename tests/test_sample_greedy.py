@@ -253,3 +253,54 @@ def test_gumbel_never_picks_a_nan_logit(isa):
     assert not x.gather(1, tok[:, None]).isnan()[[0, 3, 4, 5]].any()
     assert tok[1].item() == 0 and tok[3].item() == 50  # all NaN: 0; +inf beats any finite noise
     assert torch.equal(tok, reference.sample_tokens(x, temperature=1.5, seed=9, offset=2)[0])
+
+
+def _bf16_logits(R, V, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(R, V, generator=g) * 4).bfloat16()
+    x[0, V // 3] = float("-inf")
+    x[1, :] = x[1, 0]  # a row of ties
+    x[2, 1] = float("nan")
+    return x
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+@pytest.mark.parametrize("conf_dtype", [torch.float32, torch.float64])
+def test_bf16_logits_give_what_their_float32_values_give(isa, temperature, conf_dtype):
+    """The decoders hand the LM head's bf16 logits to the kernel as they are (Transformer.forward(...,
+    float_logits=False)): every result must be that of logits.float(), bit for bit."""
+    for R, V in [(5, 17), (4, 32768), (3, 126464)]:
+        x = _bf16_logits(R, V, seed=V)
+        got, want = [], []
+        for logits, out in ((x, got), (x.float(), want)):
+            tok, conf = torch.empty(R, dtype=torch.int64), torch.empty(R, dtype=conf_dtype)
+            _C.sample_greedy(logits, tok, conf, None, None, 2, isa, temperature=temperature, seed=7, offset=3)
+            out += [tok, conf]
+        assert torch.equal(got[0], want[0])
+        assert torch.equal(got[1].nan_to_num(-1.0), want[1].nan_to_num(-1.0))  # the NaN row's NaN included
+        assert bool(got[1][2].isnan()) and not bool(got[1][:2].isnan().any())
+
+
+@pytest.mark.parametrize("mode", ["auto", "reference"])
+@pytest.mark.parametrize("temperature,remasking", [(0.0, "low_confidence"), (0.7, "low_confidence"),
+                                                   (0.0, "random"), (0.7, "random")])
+def test_propose_reads_bf16_logits_as_their_float32_values(mode, temperature, remasking, monkeypatch):
+    """propose on bf16 logits (with the kernel: read as they are; elsewhere: widened first) equals propose on their
+    float32 copy, mask-token hits included."""
+    from illada_rt.decoding.llada import propose
+    from illada_rt.decoding.noise import RowNoise
+
+    monkeypatch.setenv("ILLADA_RT_KERNELS", mode)
+    mask = 3
+    x = (torch.randn(2, 6, 300, generator=torch.Generator().manual_seed(1)) * 3).bfloat16()
+    x[0, 2, mask] = 40.0  # the mask token wins there: the runner-up is taken
+    pos = torch.arange(6).repeat(2, 1)
+    out = []
+    for logits in (x, x.float()):
+        for conf_dtype in (torch.float32, torch.float64):
+            out.append(propose(logits, temperature, remasking, RowNoise([4, 9]), pos, mask, conf_dtype))
+    for (t1, c1), (t2, c2) in zip(out[:2], out[2:]):
+        assert torch.equal(t1, t2) and torch.equal(c1, c2) and c1.dtype == c2.dtype
+    assert ops.sampling_kernel_reads(x, temperature) == (mode == "auto" and (temperature > 0 or
+                                                                              ops.cpu_isa() != "generic"))

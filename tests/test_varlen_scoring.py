@@ -81,8 +81,9 @@ def _eos_after(m, monkeypatch, col):
     eos = m.config.eos_token_id
     real = m.transformer.forward
 
-    def forward(ids, key_mask=None, positions=None, logits_from=0, logits_to=None, cache=None, cache_from=None):
-        out = real(ids, key_mask, positions, logits_from, logits_to, cache, cache_from)
+    def forward(ids, key_mask=None, positions=None, logits_from=0, logits_to=None, cache=None, cache_from=None,
+                float_logits=True):
+        out = real(ids, key_mask, positions, logits_from, logits_to, cache, cache_from, float_logits)
         first = (cache_from or 0) + logits_from
         cols = torch.arange(first, first + out.shape[1])
         starts = torch.tensor(col if isinstance(col, list) else [col] * out.shape[0])

@@ -105,12 +105,12 @@ def generate_fast(model, ids: torch.Tensor, attn: torch.Tensor, *, gen_length: i
                 # full canvas forward (fills the cache at a block start); candidates: masks left of the block end
                 open_cols = (x[:, :end] == mask_id).any(dim=0).nonzero()
                 lo = int(open_cols[0]) if open_cols.numel() else start
-                logits = tf.forward(x, key_mask, positions, lo, end, cache=kv)
+                logits = tf.forward(x, key_mask, positions, lo, end, cache=kv, float_logits=False)
                 transfer(logits, lo, end, k_fixed)
             else:
                 stop = T if cache == "prefix" else end
                 logits = tf.forward(x[:, start:stop], key_mask, positions, 0, end - start, cache=kv,
-                                    cache_from=start)
+                                    cache_from=start, float_logits=False)
                 transfer(logits, start, end, k_fixed)
             i += 1
             # Every forward fills at least one mask of each row that has one (the mask token is never a

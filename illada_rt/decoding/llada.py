@@ -53,7 +53,8 @@ def transfer_schedule(block_masks: torch.Tensor, steps: int) -> torch.Tensor:
 
 def propose(logits: torch.Tensor, temperature: float, remasking: str, noise: RowNoise, positions: torch.Tensor,
             mask_id: int, conf_dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    """logits [B, L, V] float32 of canvas columns at RoPE positions [B, L] -> (x0 [B, L] int64, confidence [B, L]).
+    """logits [B, L, V] of canvas columns at RoPE positions [B, L] -> (x0 [B, L] int64, confidence [B, L]).
+    Logits in another dtype than float32 are taken as their float32 values (bf16 ones read by the sampling kernel).
 
     LLaDA's generate.py takes the softmax in the logits' dtype (float32 here); Fast-dLLM in float64.
     temperature > 0 samples the Gumbel-max of logits + temperature * g (LLaDA's add_gumbel_noise has the same
@@ -63,6 +64,8 @@ def propose(logits: torch.Tensor, temperature: float, remasking: str, noise: Row
     probability under the full softmax (what the reference would give it); where it does not, nothing changes.
     """
     B, L, V = logits.shape
+    if logits.dtype != torch.float32 and not ops.sampling_kernel_reads(logits, temperature):
+        logits = logits.float()  # bf16 logits go to the sampling kernel as they are (it widens them exactly)
     if temperature == 0 and remasking == "low_confidence":
         x0, conf = ops.sample_greedy(logits, conf_dtype)  # one fused pass: argmax and its softmax probability
     elif temperature > 0:
@@ -92,8 +95,9 @@ def propose(logits: torch.Tensor, temperature: float, remasking: str, noise: Row
 
 
 def guided_logits(model, canvas: Canvas, x: torch.Tensor, prompt_index: torch.Tensor | None,
-                  cfg_scale: float, lo: int, hi: int) -> torch.Tensor:
-    """One model forward over the canvas (twice the batch with CFG); logits of columns lo:hi only."""
+                  cfg_scale: float, lo: int, hi: int, float_logits: bool = True) -> torch.Tensor:
+    """One model forward over the canvas (twice the batch with CFG); logits of columns lo:hi only (float32, or
+    without CFG and with float_logits=False in the compute dtype: see Transformer.forward)."""
     key_mask = canvas.key_mask if canvas.padded else None
     positions = canvas.positions if canvas.padded else None
     if cfg_scale > 0:
@@ -105,7 +109,7 @@ def guided_logits(model, canvas: Canvas, x: torch.Tensor, prompt_index: torch.Te
         logits = model.transformer.forward(both, km, pos, lo, hi)
         cond, un = torch.chunk(logits, 2, dim=0)
         return un + (cfg_scale + 1) * (cond - un)
-    return model.transformer.forward(x, key_mask, positions, lo, hi)
+    return model.transformer.forward(x, key_mask, positions, lo, hi, float_logits=float_logits)
 
 
 def rows_ended(x: torch.Tensor, P: int, end: int, eos_ids: torch.Tensor) -> torch.Tensor:
@@ -165,7 +169,7 @@ def generate_llada(model, ids: torch.Tensor, attn: torch.Tensor, *, gen_length: 
             # Columns that can change: every masked position left of the block end (usually the block).
             open_cols = (x[:, :b_end] == mask_id).any(dim=0).nonzero()
             lo = int(open_cols[0]) if open_cols.numel() else b_start
-            logits = guided_logits(model, canvas, x, prompt_index, cfg_scale, lo, b_end)
+            logits = guided_logits(model, canvas, x, prompt_index, cfg_scale, lo, b_end, float_logits=False)
             nfe += 1
             x0, conf = propose(logits, temperature, remasking, noise, canvas.positions[:, lo:b_end], mask_id)
             noise.advance(k > 0)

@@ -223,6 +223,18 @@ def sample_greedy(logits: torch.Tensor, conf_dtype: torch.dtype = torch.float32)
     return token.reshape(logits.shape[:-1]), conf.reshape(logits.shape[:-1])
 
 
+def _cpu_sampling_kernel(logits: torch.Tensor, temperature: float) -> bool:
+    """sample_tokens runs the CPU kernel on these logits (float32 or bfloat16; without AVX2 only in Gumbel mode)."""
+    kernel_isas = ("avx2", "avx512", "amx") if temperature == 0 else ("generic", "avx2", "avx512", "amx")
+    return use_cpu_kernel(logits) and logits.dtype in (torch.float32, torch.bfloat16) and cpu_isa() in kernel_isas
+
+
+def sampling_kernel_reads(logits: torch.Tensor, temperature: float) -> bool:
+    """True where sample_tokens hands these logits (a non-float32 dtype) to the CPU kernel, which widens each value
+    to float32 and so gives bit for bit what it gives for logits.float(): the decoders skip that copy there."""
+    return logits.dtype == torch.bfloat16 and _cpu_sampling_kernel(logits, temperature)
+
+
 def sample_tokens(logits: torch.Tensor, conf_dtype: torch.dtype = torch.float32, temperature: float = 0.0,
                   seed: int = 0, offset: int = 0, row_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """logits [R, V] -> (token [R], confidence [R]): the argmax, or with temperature > 0 the Gumbel-max of
@@ -243,8 +255,7 @@ def sample_tokens(logits: torch.Tensor, conf_dtype: torch.dtype = torch.float32,
     if (logits.dtype in (torch.float32, torch.bfloat16, torch.float16)
             and use_cuda_kernel("sample_tokens", logits)):
         return _cuda.sample_tokens(logits, conf_dtype, temperature, seed, offset, row_ids)[:2]
-    kernel_isas = ("avx2", "avx512", "amx") if temperature == 0 else ("generic", "avx2", "avx512", "amx")
-    if use_cpu_kernel(logits) and logits.dtype in (torch.float32, torch.bfloat16) and cpu_isa() in kernel_isas:
+    if _cpu_sampling_kernel(logits, temperature):
         rows = logits if logits.stride(-1) == 1 else logits.contiguous()
         token = torch.empty(rows.shape[0], dtype=torch.int64)
         conf = torch.empty(rows.shape[0], dtype=conf_dtype)
