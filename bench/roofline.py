@@ -34,6 +34,7 @@ def count_flops():
             name = "+".join(sorted({getattr(w, "kernel", "torch") for w in ws}))
         counts["routes"][name] = counts["routes"].get(name, 0) + 1
     real_linear, real_linears, real_attention = model_mod.linear, model_mod.linears, ops.attention
+    real_swiglu_linear = model_mod.swiglu_linear
 
     def linear(x, w):
         N, K = w.shape  # a tensor's or a QuantizedLinear's
@@ -46,16 +47,23 @@ def count_flops():
         route(x, ws)
         return real_linears(x, ws)
 
+    def swiglu_linear(gate, up, w):  # the down projection with the SwiGLU computed inside it
+        counts["gemm"] += 2 * (gate.numel() // gate.shape[-1]) * w.shape[0] * w.shape[1]
+        route(gate, [w])
+        return real_swiglu_linear(gate, up, w)
+
     def attention(q, k, v, key_mask=None):
         B, H, Tq, D = q.shape
         counts["attention"] += 4 * B * H * Tq * k.shape[2] * D
         return real_attention(q, k, v, key_mask)
 
-    model_mod.linear, model_mod.linears, ops.attention = linear, linears, attention
+    model_mod.linear, model_mod.linears, model_mod.swiglu_linear = linear, linears, swiglu_linear
+    ops.attention = attention
     try:
         yield counts
     finally:
-        model_mod.linear, model_mod.linears, ops.attention = real_linear, real_linears, real_attention
+        model_mod.linear, model_mod.linears, model_mod.swiglu_linear = real_linear, real_linears, real_swiglu_linear
+        ops.attention = real_attention
 
 
 @functools.lru_cache(maxsize=None)
@@ -94,7 +102,7 @@ def gemm_peaks_now(threads: int) -> dict:
     return _gemm_rates(threads, 2)
 
 
-CATEGORIES = {"gemm": ("linear", "linears"), "attention": ("attention",),
+CATEGORIES = {"gemm": ("linear", "linears", "swiglu_linear"), "attention": ("attention",),
               "norms/activations/rope": ("rms_norm", "add_rms_norm", "swiglu", "apply_rope", "rope_cos_sin"),
               "sampling/selection": ("sample_tokens", "sample_greedy", "select_confident")}
 
@@ -130,7 +138,7 @@ def profile():
     with count_flops() as flops:  # the timers wrap the counters
         for category, names in CATEGORIES.items():
             for name in names:
-                wrap(model_mod if name in ("linear", "linears") else ops, name, category)
+                wrap(model_mod if name in ("linear", "linears", "swiglu_linear") else ops, name, category)
         start = time.perf_counter()
         try:
             yield out

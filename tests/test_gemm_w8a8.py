@@ -323,3 +323,40 @@ def test_task_ranges_hand_a_slow_threads_tasks_to_the_others():
 def test_task_ranges_probe_checks_its_arguments():
     with pytest.raises(ValueError, match="tasks"):
         _C.task_ranges_probe(-1, 2)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype,out_dtype", [(torch.bfloat16, torch.bfloat16), (torch.float32, torch.float32),
+                                             (torch.bfloat16, torch.float32)])
+@pytest.mark.parametrize("M,N,K", [(1, 16, 64), (33, 100, 37), (7, 48, 3072), (200, 33, 129), (0, 16, 8)])
+def test_swiglu_linear_equals_linear_of_swiglu(isa, dtype, out_dtype, M, N, K):
+    """The down projection with the SwiGLU computed inside the call gives linear_w8a8(swiglu(gate, up)) bit for
+    bit: gates far below -88.7 (silu = -0), around 0 and large, ups of every sign."""
+    g = torch.Generator().manual_seed(M + N + K)
+    gate = (torch.randn(M, K, generator=g) * 6).to(dtype)
+    up = (torch.randn(M, K, generator=g) * 3).to(dtype)
+    if M:
+        gate[0, : min(K, 5)] = torch.tensor([-100.0, -88.0, 0.0, 1e-30, 90.0])[: min(K, 5)].to(dtype)
+    w = ops.pack_int8_weight(_rand_i8(N, K, seed=3), torch.rand(N, generator=g) * 0.01 + 1e-3)
+    got = ops.swiglu_linear_w8a8(gate, up, w, out_dtype, isa=isa)
+    want = ops.linear_w8a8(reference.swiglu(gate, up), w, out_dtype, isa=isa)
+    assert got.dtype == out_dtype and got.shape == (M, N)
+    assert torch.equal(got, want)
+
+
+def test_swiglu_linear_takes_batched_rows_and_checks_its_operands():
+    g = torch.Generator().manual_seed(2)
+    gate, up = torch.randn(2, 5, 40, generator=g).bfloat16(), torch.randn(2, 5, 40, generator=g).bfloat16()
+    w = ops.pack_int8_weight(_rand_i8(24, 40, seed=1), torch.rand(24, generator=g) * 0.01)
+    got = ops.swiglu_linear_w8a8(gate, up, w)
+    assert got.shape == (2, 5, 24) and torch.equal(got, ops.linear_w8a8(reference.swiglu(gate, up), w))
+    with pytest.raises(ValueError, match="one shape and dtype"):
+        ops.swiglu_linear_w8a8(gate, up[:, :4], w)
+    with pytest.raises(ValueError, match="one shape and dtype"):
+        ops.swiglu_linear_w8a8(gate, up.float(), w)
+    x2, u2 = gate.reshape(10, 40), up.reshape(10, 40)
+    out = torch.empty(10, 24, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match=r"up.*x.shape\[0\]"):
+        _C.linear_w8a8(x2, w.packed, w.colsum, w.scale, out, 1, None, up=u2[:9])
+    with pytest.raises(TypeError, match="up: expected dtype bfloat16"):
+        _C.linear_w8a8(x2, w.packed, w.colsum, w.scale, out, 1, None, up=u2.float())

@@ -322,3 +322,22 @@ def test_peak_memory_stays_near_one_shard(tmp_path):
     assert control > 0.9 * total, (control / 2**20, total / 2**20)
     assert added < 1.25 * largest + 32 * 2**20, (added / 2**20, largest / 2**20)  # + interpreter noise
     assert added < total / 3, (added / 2**20, total / 2**20)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_int8_mlp_computes_swiglu_inside_the_down_projection_alike(checkpoints, tmp_path, monkeypatch, dtype):
+    """An int8 model runs each block's down projection with the SwiGLU inside the W8A8 call; its logits equal those
+    of the separate swiglu op followed by the linear, bit for bit."""
+    from illada_rt import model as model_mod
+
+    quantize_checkpoint(checkpoints["llada_gqa"], tmp_path / "q", "int8", progress=False)
+    m = illada_rt.load(tmp_path / "q", dtype=dtype)
+    assert model_mod.swiglu_fuses(m.transformer.layers[0].down)
+    calls = []
+    real = model_mod.swiglu_linear
+    monkeypatch.setattr(model_mod, "swiglu_linear", lambda *a: calls.append(1) or real(*a))
+    ids = _ids()
+    fused = m.forward(ids)
+    assert len(calls) == len(m.transformer.layers)
+    monkeypatch.setattr(model_mod, "swiglu_fuses", lambda w: False)
+    assert torch.equal(fused, m.forward(ids))

@@ -136,6 +136,18 @@ struct TensorView {
     for (int64_t d = 0; d + 1 < ndim(); ++d)
       ILLADA_CHECK(shape[d] <= 1 || strides[d] >= 0, name << ": negative strides are not supported");
   }
+  // A second [rows, D] operand or output of the same dtype and shape as x (already viewed as rows), named x_name in
+  // messages (swiglu's up, add_rms_norm's residual and sum, the fused down projection's up).
+  void expect_rows_like(const TensorView& x, const char* x_name) {
+    expect_cpu();
+    expect_rows();
+    expect_inner_contiguous();
+    ILLADA_CHECK_TYPE(dtype == x.dtype, name << ": expected dtype " << dtype_name(x.dtype) << ", got "
+                                              << dtype_name(dtype));
+    const std::string rows = std::string(x_name) + ".shape[0]", cols = std::string(x_name) + ".shape[1]";
+    expect_dim(0, x.shape[0], rows.c_str());
+    expect_dim(1, x.shape[1], cols.c_str());
+  }
   void expect_contiguous() const {
     int64_t expected = 1;
     for (int64_t d = ndim() - 1; d >= 0; --d) {

@@ -163,7 +163,7 @@ static_assert(cpu::kMaxBf16Segments == 4 && cpu::kMaxW8A8Segments == 4, "one nam
 // x against several packed int8 weights (lists of packed, colsum, w_scale, out), x quantized once.
 void linear_w8a8_multi(py::handle x_, const py::sequence& packeds, const py::sequence& colsums,
                        const py::sequence& w_scales, const py::sequence& outs, int n_threads,
-                       const py::object& isa_name) {
+                       const py::object& isa_name, const py::object& up_) {
   const size_t n = packeds.size();
   ILLADA_CHECK(n >= 1 && n <= 4, "packed: expected 1 to 4 weights, got " << n);
   ILLADA_CHECK(colsums.size() == n && w_scales.size() == n && outs.size() == n,
@@ -189,6 +189,12 @@ void linear_w8a8_multi(py::handle x_, const py::sequence& packeds, const py::seq
   p.x = x.data;
   p.x_is_bf16 = x.dtype == DType::bf16;
   p.ldx = x.row_stride();
+  if (!up_.is_none()) {  // the down projection of swiglu(x, up)
+    auto up = view(up_, "up");
+    up.expect_rows_like(x, "x");
+    p.up = up.data;
+    p.ldu = up.row_stride();
+  }
   p.n_threads = threads_arg(n_threads);
   const cpu::Isa isa = isa_arg(isa_name);
   py::gil_scoped_release nogil;
@@ -196,9 +202,9 @@ void linear_w8a8_multi(py::handle x_, const py::sequence& packeds, const py::seq
 }
 
 void linear_w8a8(py::handle x_, py::handle packed_, py::handle colsum_, py::handle w_scale_, py::handle out_,
-                 int n_threads, const py::object& isa_name) {
+                 int n_threads, const py::object& isa_name, const py::object& up) {
   linear_w8a8_multi(x_, py::make_tuple(packed_), py::make_tuple(colsum_), py::make_tuple(w_scale_),
-                    py::make_tuple(out_), n_threads, isa_name);
+                    py::make_tuple(out_), n_threads, isa_name, up);
 }
 
 void pack_f8(py::handle q_, py::handle packed_, int n_threads) {
@@ -359,15 +365,17 @@ void register_gemm(py::module_& m) {
         "Per-row symmetric int8 quantization: scale = max|x|/127 (1 for a zero row), q = round(x/scale) in "
         "[-127, 127], zero-padded to round_up(K, 4).");
   m.def("linear_w8a8", &linear_w8a8, py::arg("x"), py::arg("packed"), py::arg("colsum"), py::arg("w_scale"),
-        py::arg("out"), py::arg("n_threads") = 1, py::arg("isa") = py::none(),
+        py::arg("out"), py::arg("n_threads") = 1, py::arg("isa") = py::none(), py::arg("up") = py::none(),
         "Fused W8A8 linear: out[M, N] = dequant(quantize_per_row(x)[M, K] . W^T), x float32/bfloat16, out "
-        "float32/bfloat16; the same numbers as quantize_rows_s8 followed by gemm_s8.");
+        "float32/bfloat16; the same numbers as quantize_rows_s8 followed by gemm_s8. With up (x's dtype and shape), "
+        "the input is swiglu(x, up), computed in the call (the same bits as the swiglu op).");
   m.def("gemm_bf16", &gemm_bf16, py::arg("x"), py::arg("weights"), py::arg("outs"), py::arg("n_threads") = 1,
         py::arg("isa") = py::none(),
         "outs[s][M, N_s] = x[M, K] . weights[s][N_s, K]^T for 1 to 4 bfloat16 weights sharing x (fp32 accumulation, "
         "float32 or bfloat16 outputs), the weights read in place.");
   m.def("linear_w8a8_multi", &linear_w8a8_multi, py::arg("x"), py::arg("packed"), py::arg("colsum"),
         py::arg("w_scale"), py::arg("outs"), py::arg("n_threads") = 1, py::arg("isa") = py::none(),
+        py::arg("up") = py::none(),
         "linear_w8a8 for 1 to 4 weights sharing x (lists of packed, colsum, w_scale and outs): x quantized once; "
         "each output equals linear_w8a8 of its weight alone.");
   m.def("task_ranges_probe", [](int64_t tasks, int n_threads, double slow_thread0_us) {

@@ -36,19 +36,6 @@ cpu::RowsParams rows_params(TensorView& x, TensorView& out, int n_threads) {
   return p;
 }
 
-// A second [rows, D] operand or output of the same dtype and shape as x, named `x_name` in messages (swiglu's up,
-// add_rms_norm's residual and sum).
-void expect_rows_like(TensorView& t, const TensorView& x, const char* x_name) {
-  t.expect_cpu();
-  t.expect_rows();
-  t.expect_inner_contiguous();
-  ILLADA_CHECK_TYPE(t.dtype == x.dtype, t.name << ": expected dtype " << dtype_name(x.dtype) << ", got "
-                                               << dtype_name(t.dtype));
-  const std::string rows = std::string(x_name) + ".shape[0]", cols = std::string(x_name) + ".shape[1]";
-  t.expect_dim(0, x.shape[0], rows.c_str());
-  t.expect_dim(1, x.shape[1], cols.c_str());
-}
-
 void rms_norm(py::handle x_, py::handle w_, double eps, py::handle out_, int n_threads, const py::object& isa_name) {
   auto x = view(x_, "x"), w = view(w_, "weight"), out = view(out_, "out");
   cpu::RowsParams p = rows_params(x, out, n_threads);
@@ -66,8 +53,8 @@ void add_rms_norm(py::handle x_, py::handle r_, py::handle w_, double eps, py::h
   auto x = view(x_, "x"), r = view(r_, "residual"), w = view(w_, "weight"), sum = view(sum_, "sum"),
        out = view(out_, "out");
   cpu::RowsParams p = rows_params(x, out, n_threads);
-  expect_rows_like(r, x, "x");
-  expect_rows_like(sum, x, "x");
+  r.expect_rows_like(x, "x");
+  sum.expect_rows_like(x, "x");
   w.expect_vector({x.dtype}, x.shape[1], "x.shape[1]");
   ILLADA_CHECK(eps >= 0, "eps: must be >= 0, got " << eps);
   p.y = w.data;
@@ -84,7 +71,7 @@ void add_rms_norm(py::handle x_, py::handle r_, py::handle w_, double eps, py::h
 void swiglu(py::handle gate_, py::handle up_, py::handle out_, int n_threads, const py::object& isa_name) {
   auto g = view(gate_, "gate"), u = view(up_, "up"), out = view(out_, "out");
   cpu::RowsParams p = rows_params(g, out, n_threads);
-  expect_rows_like(u, g, "gate");
+  u.expect_rows_like(g, "gate");
   p.y = u.data;
   p.ldy = u.row_stride();
   const cpu::Isa isa = isa_arg(isa_name);

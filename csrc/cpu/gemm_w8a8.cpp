@@ -2,6 +2,7 @@
 #include "gemm_w8a8.h"
 
 #include "../common/check.h"
+#include "norm_act.h"
 #include "scratch.h"
 
 #include <cmath>
@@ -60,6 +61,26 @@ void linear_w8a8(const LinearW8A8Params& p, Isa isa) {
 void linear_w8a8_segments(const LinearW8A8Params& p, const W8A8Segment* seg, int n_seg, Isa isa) {
   ILLADA_CHECK(n_seg >= 1 && n_seg <= kMaxW8A8Segments, "linear_w8a8: 1 to 4 weights");
   if (p.M == 0) return;
+  const size_t esize = p.x_is_bf16 ? 2 : 4;
+  if (p.up != nullptr && isa != Isa::avx512) {  // swiglu(gate, up) into scratch, then the plain linear on it
+    void* h = scratch(ScratchSlot::linear_swiglu, static_cast<size_t>(p.M * p.K) * esize);
+    RowsParams r{};
+    r.x = p.x;
+    r.y = p.up;
+    r.out = h;
+    r.bf16 = p.x_is_bf16;
+    r.rows = p.M;
+    r.D = r.ldo = p.K;
+    r.ldx = p.ldx;
+    r.ldy = p.ldu;
+    r.n_threads = p.n_threads;
+    swiglu(r, isa);
+    LinearW8A8Params plain = p;
+    plain.x = h;
+    plain.ldx = p.K;
+    plain.up = nullptr;
+    return linear_w8a8_segments(plain, seg, n_seg, isa);
+  }
   const int64_t Kp = round_up(p.K, 4);
   // quantized x and its row scales in per-thread scratch kept across calls (scratch.h); both fully written below
   int8_t* const q = scratch_as<int8_t>(ScratchSlot::linear_activations, static_cast<size_t>(p.M * Kp));
@@ -84,7 +105,11 @@ void linear_w8a8_segments(const LinearW8A8Params& p, const W8A8Segment* seg, int
     d.ldo = seg[s].ldo;
   }
 #if defined(ILLADA_HAVE_AVX512)
-  if (isa == Isa::avx512) return linear_w8a8_avx512(p, g, n_seg, q, xs);
+  if (isa == Isa::avx512) {
+    void* rows = p.up == nullptr ? nullptr
+                                 : scratch(ScratchSlot::linear_swiglu, static_cast<size_t>(p.n_threads * p.K) * esize);
+    return linear_w8a8_avx512(p, g, n_seg, q, xs, rows);
+  }
   if (isa >= Isa::avx512)
     quantize_rows_s8_avx512(p.x, p.x_is_bf16, p.ldx, p.M, p.K, q, xs, /*shifted=*/true, p.n_threads);
   else

@@ -59,6 +59,11 @@ struct LinearW8A8Params {
   bool out_is_bf16;
   int64_t ldo;
   int n_threads;
+  // The MLP's down projection: with `up` set, x is the gate and the GEMM's input is swiglu(x, up) (norm_act.h:
+  // the same bits), up [M, K] of x's dtype with row stride ldu. The AVX-512 variant computes each row while it
+  // quantizes it, inside the GEMM's region; the others compute it into scratch first.
+  const void* up = nullptr;
+  int64_t ldu = 0;
 };
 void linear_w8a8(const LinearW8A8Params& p, Isa isa);
 
@@ -80,7 +85,9 @@ void gemm_s8_avx2(const GemmS8Params& p);
 void gemm_s8_avx512(const GemmS8Params& p);
 // The AVX-512 VNNI variant of linear_w8a8_segments: x quantized into q (as q + 128) and xs, which the GEMMs g[0 ..
 // n_seg) (one per weight, sharing A = q) read, and all of them in one OpenMP region.
-void linear_w8a8_avx512(const LinearW8A8Params& p, const GemmS8Params* g, int n_seg, int8_t* q, float* xs);
+// swiglu_rows: with p.up set, a buffer of K elements of x's dtype per thread (n_threads of them).
+void linear_w8a8_avx512(const LinearW8A8Params& p, const GemmS8Params* g, int n_seg, int8_t* q, float* xs,
+                        void* swiglu_rows);
 // AMX-INT8 (tdpbssd) over the same packed layout; `emulated` runs the tile instructions' C++ emulation (amx_tiles.h)
 // instead of the hardware's. Results are bit-identical to gemm_s8_avx512's.
 void gemm_s8_amx(const GemmS8Params& p, bool emulated);

@@ -11,6 +11,7 @@
 
 #include "avx512_util.h"
 #include "gemm_w8a8.h"
+#include "norm_act.h"
 #include "task_ranges.h"
 
 namespace illada::cpu {
@@ -81,18 +82,18 @@ struct TileS8 {
 
 namespace {
 
-// One row of quantize_rows_s8_avx512 (below).
-void quantize_row_s8(const void* x, bool x_is_bf16, int64_t ldx, int64_t m, int64_t K, int8_t* q, float* scale,
+// One row of quantize_rows_s8_avx512 (below): x_row [K] into q's row m and scale[m].
+void quantize_row_s8(const void* x_row, bool x_is_bf16, int64_t m, int64_t K, int8_t* q, float* scale,
                      bool shifted) {
   const int64_t Kp = round_up(K, 4);
   const __m512 lim = _mm512_set1_ps(127.f), nlim = _mm512_set1_ps(-127.f);
   const __m128i flip = _mm_set1_epi8(static_cast<char>(shifted ? 0x80 : 0));
   auto load = [&](int64_t k, __mmask16 mask) {
     if (x_is_bf16) {
-      const __m256i h = _mm256_maskz_loadu_epi16(mask, static_cast<const uint16_t*>(x) + m * ldx + k);
+      const __m256i h = _mm256_maskz_loadu_epi16(mask, static_cast<const uint16_t*>(x_row) + k);
       return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
     }
-    return _mm512_maskz_loadu_ps(mask, static_cast<const float*>(x) + m * ldx + k);
+    return _mm512_maskz_loadu_ps(mask, static_cast<const float*>(x_row) + k);
   };
   __m512 amax = _mm512_setzero_ps();
   for (int64_t k = 0; k < K; k += 16) {
@@ -180,14 +181,28 @@ void gemm_s8_segments(const GemmS8Params* seg, int n_seg, const Before& before) 
 void quantize_rows_s8_avx512(const void* x, bool x_is_bf16, int64_t ldx, int64_t M, int64_t K, int8_t* q,
                              float* scale, bool shifted, int n_threads) {
 #pragma omp parallel for num_threads(n_threads) schedule(static)
-  for (int64_t m = 0; m < M; ++m) quantize_row_s8(x, x_is_bf16, ldx, m, K, q, scale, shifted);
+  for (int64_t m = 0; m < M; ++m) {
+    const size_t esize = x_is_bf16 ? 2 : 4;
+    quantize_row_s8(static_cast<const char*>(x) + m * ldx * esize, x_is_bf16, m, K, q, scale, shifted);
+  }
 }
 
-void linear_w8a8_avx512(const LinearW8A8Params& p, const GemmS8Params* g, int n_seg, int8_t* q, float* xs) {
-  // x is quantized (as q + 128) in the GEMM's own region: one fork and one barrier fewer per call
+void linear_w8a8_avx512(const LinearW8A8Params& p, const GemmS8Params* g, int n_seg, int8_t* q, float* xs,
+                        void* swiglu_rows) {
+  const size_t esize = p.x_is_bf16 ? 2 : 4;
+  // x is quantized (as q + 128) in the GEMM's own region: one fork and one barrier fewer per call; with p.up the
+  // row is first swiglu(gate, up) into this thread's row buffer
   gemm_s8_segments(g, n_seg, [&] {
 #pragma omp for schedule(static)
-    for (int64_t m = 0; m < p.M; ++m) quantize_row_s8(p.x, p.x_is_bf16, p.ldx, m, p.K, q, xs, /*shifted=*/true);
+    for (int64_t m = 0; m < p.M; ++m) {
+      const void* row = static_cast<const char*>(p.x) + m * p.ldx * esize;
+      if (p.up != nullptr) {
+        void* buf = static_cast<char*>(swiglu_rows) + TaskRanges::thread_index() * p.K * esize;
+        swiglu_row_avx512(p.x_is_bf16, row, static_cast<const char*>(p.up) + m * p.ldu * esize, buf, p.K);
+        row = buf;
+      }
+      quantize_row_s8(row, p.x_is_bf16, m, p.K, q, xs, /*shifted=*/true);
+    }
   });
 }
 

@@ -203,18 +203,10 @@ void rope_impl(const RopeParams& p) {
   }
 }
 
-template <bool BF16>
-void swiglu_impl(const RowsParams& p) {
-  using T = std::conditional_t<BF16, uint16_t, float>;
-  const T* gate = static_cast<const T*>(p.x);
-  const T* up = static_cast<const T*>(p.y);
-  T* out = static_cast<T*>(p.out);
-  const int64_t rows = p.rows, D = p.D, ldx = p.ldx, ldy = p.ldy, ldo = p.ldo;
-  const int64_t ob = span_bytes(rows, ldo, D, sizeof(T));
-  const bool aliased = overlaps(out, ob, gate, span_bytes(rows, ldx, D, sizeof(T))) ||
-                       overlaps(out, ob, up, span_bytes(rows, ldy, D, sizeof(T)));
-  const bool exact_only = aliased && D > kSavedRow;
-  auto row = [D](const T* gr, const T* ur, T* orow, auto is_bf16, auto exact) {
+// One row of SwiGLU: orow = round(round(silu(gate)) * up) over D elements, exact_only: the integer rounding only.
+template <bool BF16, class T = std::conditional_t<BF16, uint16_t, float>>
+void swiglu_row(const T* gr, const T* ur, T* orow, int64_t D, bool exact_only) {
+  auto row = [&](auto is_bf16, auto exact) {
     using IO = Io<decltype(is_bf16)::value, decltype(exact)::value>;
     DenormalWatch watch;
     const __m512 one = _mm512_set1_ps(1.0f);
@@ -235,13 +227,27 @@ void swiglu_impl(const RowsParams& p) {
     if (full < D) step(full, tail(D - full));
     return !decltype(exact)::value && watch.seen();
   };
+  row_with_fallback<BF16>(exact_only, row);
+}
+
+template <bool BF16>
+void swiglu_impl(const RowsParams& p) {
+  using T = std::conditional_t<BF16, uint16_t, float>;
+  const T* gate = static_cast<const T*>(p.x);
+  const T* up = static_cast<const T*>(p.y);
+  T* out = static_cast<T*>(p.out);
+  const int64_t rows = p.rows, D = p.D, ldx = p.ldx, ldy = p.ldy, ldo = p.ldo;
+  const int64_t ob = span_bytes(rows, ldo, D, sizeof(T));
+  const bool aliased = overlaps(out, ob, gate, span_bytes(rows, ldx, D, sizeof(T))) ||
+                       overlaps(out, ob, up, span_bytes(rows, ldy, D, sizeof(T)));
+  const bool exact_only = aliased && D > kSavedRow;
 #pragma omp parallel for num_threads(p.n_threads) schedule(static)
   for (int64_t r = 0; r < rows; ++r) {
     SavedRow<T> saved_g, saved_u;
     const bool keep = aliased && !exact_only;
     const T* gr = saved_g.keep(gate + r * ldx, D, keep);
     const T* ur = saved_u.keep(up + r * ldy, D, keep);
-    row_with_fallback<BF16>(exact_only, [&](auto b, auto e) { return row(gr, ur, out + r * ldo, b, e); });
+    swiglu_row<BF16>(gr, ur, out + r * ldo, D, exact_only);
   }
 }
 
@@ -255,5 +261,13 @@ void add_rms_norm_avx512(const RowsParams& p) {
 }
 void rope_avx512(const RopeParams& p) { p.bf16 ? rope_impl<true>(p) : rope_impl<false>(p); }
 void swiglu_avx512(const RowsParams& p) { p.bf16 ? swiglu_impl<true>(p) : swiglu_impl<false>(p); }
+void swiglu_row_avx512(bool bf16, const void* gate, const void* up, void* out, int64_t D) {
+  if (bf16)
+    swiglu_row<true>(static_cast<const uint16_t*>(gate), static_cast<const uint16_t*>(up), static_cast<uint16_t*>(out),
+                     D, false);
+  else
+    swiglu_row<false>(static_cast<const float*>(gate), static_cast<const float*>(up), static_cast<float*>(out), D,
+                      false);
+}
 
 }  // namespace illada::cpu

@@ -13,6 +13,7 @@ namespace illada::cpu {
 enum class ScratchSlot : int {
   attention_keys, attention_values, attention_mask,  // attention_avx512
   linear_activations, linear_scales,                 // linear_w8a8_segments (quantized x and its row scales)
+  linear_swiglu,                                     // linear_w8a8_segments' swiglu(gate, up) rows (the down projection)
   gemm_operand,                                      // a GEMM's own padded copy of A (AMX kernels, odd-K FP8)
   count
 };

@@ -448,6 +448,26 @@ def linear_w8a8(x: torch.Tensor, w: Int8Weight, out_dtype: torch.dtype | None = 
     return out
 
 
+def swiglu_linear_w8a8(gate: torch.Tensor, up: torch.Tensor, w: Int8Weight, out_dtype: torch.dtype | None = None,
+                       isa: str | None = None) -> torch.Tensor:
+    """linear_w8a8(swiglu(gate, up), w), bit for bit: the MLP's down projection. The W8A8 kernel computes each
+    row's SwiGLU while it quantizes it, inside its own call (no [..., K] intermediate, no separate op)."""
+    if gate.shape != up.shape or gate.dtype != up.dtype:
+        raise ValueError(f"gate and up: expected one shape and dtype, got {tuple(gate.shape)} {gate.dtype} and "
+                         f"{tuple(up.shape)} {up.dtype}")
+    if gate.shape[-1] != w.K:
+        raise ValueError(f"gate: last dimension {gate.shape[-1]} does not match the weight's K = {w.K}")
+    out_dtype = out_dtype or gate.dtype
+    if not (use_cpu_kernel(gate, up) and not _cuda.emulating() and gate.dtype in (torch.float32, torch.bfloat16)
+            and out_dtype in (torch.float32, torch.bfloat16)):
+        return linear_w8a8(swiglu(gate, up), w, out_dtype, isa)
+    g2, lead = _gemm_rows(gate)
+    u2, _ = _gemm_rows(up)
+    out = torch.empty((*lead, w.N), dtype=out_dtype)
+    _C.linear_w8a8(g2, w.packed, w.colsum, w.scale, out, _threads(), isa, up=u2)
+    return out
+
+
 def linear_w8a8_multi(x: torch.Tensor, ws, out_dtype: torch.dtype | None = None,
                       isa: str | None = None) -> list[torch.Tensor]:
     """linear_w8a8 of x against 1 to 4 Int8Weights sharing it (q/k/v, gate/up): one activation quantization and
