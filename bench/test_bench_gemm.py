@@ -106,7 +106,8 @@ def test_gemm_weights_from_memory(benchmark, impl, K, N):
     else:
         w8 = [torch.randint(-127, 128, (N, K), dtype=torch.int8, generator=g) for _ in range(copies)]
         if impl == "w8a8":
-            ws = [ops.pack_int8_weight(w, torch.rand(N, generator=g) * 1e-3) for w in w8]
+            arena = ops.WeightArena()  # packed as a loaded model packs them: side by side, in huge pages
+            ws = [ops.pack_int8_weight(w, torch.rand(N, generator=g) * 1e-3, arena) for w in w8]
             one = lambda w: ops.linear_w8a8(x, w)  # noqa: E731
         else:
             q, _ = reference.quantize_per_token_s8(x)
