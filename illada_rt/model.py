@@ -91,10 +91,12 @@ class WeightLoader:
     once read, so it is resident once; the map stays resident only for the tensors used in place."""
 
     def __init__(self, store: WeightStore, scheme: QuantScheme | None, device: torch.device, dtype: torch.dtype,
-                 strict: bool = True):
+                 strict: bool = True, huge_pages: bool = True):
         self.store, self.scheme, self.device, self.dtype, self.strict = store, scheme, device, dtype, strict
         self.released: list[str] = []  # tensors the model holds copies of: their mapped pages are not needed
-        self.arena = ops.WeightArena()  # the packed weights' memory: in load order, in huge pages where the OS has them
+        # the linears' memory on CPU: in load order, in huge pages where the OS offers them (ops.WeightArena)
+        self.arena = ops.WeightArena() if huge_pages else None
+        self.dense_into_arena = huge_pages and device.type == "cpu" and ops.WeightArena.huge_pages_offered()
 
     def refuse(self, message: str) -> None:
         if self.strict:
@@ -144,6 +146,10 @@ class WeightLoader:
             self._release(scale)
         else:
             self._check_finite(name, w, stored)
+            if self.dense_into_arena and w.numel() * w.element_size() >= self.arena.SMALL:
+                c = self.arena.empty(w.numel(), w.dtype).view(w.shape)  # see load(huge_pages=)
+                c.copy_(w)
+                w = c
             self._release_if_copied(name, w, stored)
         return w
 
@@ -184,7 +190,7 @@ class Transformer:
     """Weights on one device in one compute dtype, and the forward pass over them."""
 
     def __init__(self, cfg: ModelConfig, store: WeightStore, device: torch.device, dtype: torch.dtype,
-                 strict: bool = True):
+                 strict: bool = True, huge_pages: bool = True):
         self.cfg, self.device, self.dtype = cfg, device, dtype
         self.store = store  # keeps the memory maps open for the tensors that view them
         check_layout_matches(cfg, store)
@@ -192,7 +198,7 @@ class Transformer:
         d, e = cfg.d_model, cfg.embedding_size
 
         self.scheme = read_scheme(cfg.raw)
-        load = WeightLoader(store, self.scheme, device, dtype, strict)
+        load = WeightLoader(store, self.scheme, device, dtype, strict, huge_pages)
         self.embed = load.dense(g["embed"], (e, d))
         shapes = layer_shapes(cfg)
         self.layers = []

@@ -109,13 +109,26 @@ def test_padding_mask_and_positions(checkpoints, monkeypatch):
     torch.testing.assert_close(batched[1, 5:].double(), want[1, 5:], atol=ATOL_FP32, rtol=0)
 
 
-def test_weights_are_memory_mapped(checkpoints):
-    """Same dtype on CPU: parameters are views of the file's memory map, not copies."""
-    m = illada_rt.load(checkpoints["llada_mha"])
+def test_weights_are_memory_mapped(checkpoints, monkeypatch):
+    """Same dtype on CPU: parameters are views of the file's memory map, not copies; the linears too with
+    huge_pages=False (by default those are copied into huge pages where the OS offers them)."""
+    from illada_rt import ops
+
+    m = illada_rt.load(checkpoints["llada_mha"], huge_pages=False)
     f = m.transformer.store.files[0]
     base, size = f.mapped_range()
     for t in (m.transformer.embed, m.transformer.layers[1].down, m.transformer.head):
         assert base <= t.data_ptr() < base + size
+    monkeypatch.setattr(ops.WeightArena, "SMALL", 0)  # this model's linears are small: every one into the arena
+    huge = illada_rt.load(checkpoints["llada_mha"])
+    f = huge.transformer.store.files[0]
+    base, size = f.mapped_range()
+    assert base <= huge.transformer.embed.data_ptr() < base + size  # the embedding stays mapped
+    if ops.WeightArena.huge_pages_offered():
+        for t in (huge.transformer.layers[1].down, huge.transformer.head):
+            assert not base <= t.data_ptr() < base + size and t.data_ptr() % 4096 == 0
+    ids = _ids(1, 9, seed=1)
+    assert torch.equal(huge.forward(ids), m.forward(ids))
     # a dtype change copies (layer by layer): those tensors live outside the map
     m16 = illada_rt.load(checkpoints["llada_mha"], dtype="bfloat16")
     f16 = m16.transformer.store.files[0]

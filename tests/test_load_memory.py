@@ -72,6 +72,18 @@ def test_quantized_weights_are_resident_once(source, tmp_path, scheme):
     _check(dst, torch.bfloat16, lambda e: e.dtype == torch.bfloat16)  # embedding and norms run from the map
 
 
+def test_linears_copied_into_huge_pages_drop_the_mapped_source(source, monkeypatch):
+    """load(huge_pages=True), the default, copies the dense linears into the arena where the OS offers huge pages:
+    their mapped pages go, the embedding and norms stay mapped (used in place)."""
+    if not ops.WeightArena.huge_pages_offered():
+        pytest.skip("no transparent huge pages on this machine: the linears stay mapped")
+    monkeypatch.setattr(ops.WeightArena, "SMALL", 0)  # this model's linears are small: every one into the arena
+    store = WeightStore(source)
+    kept = {store.entry(n) for n in store.names() if n.endswith(("wte.weight", "norm.weight", "ln_f.weight"))}
+    assert len(kept) == 2 * SPEC.n_layers + 2
+    _check(source, torch.bfloat16, lambda e: e in kept)
+
+
 def test_converted_weights_drop_the_mapped_source(source):
     _check(source, torch.float32, lambda e: False)  # every tensor is copied into float32
 

@@ -1,5 +1,6 @@
 // bf16 GEMM on the CPU for decoding's small M: out[M, n] = x[M, K] . w[n, K]^T with fp32 accumulation, the weight
-// read in place ([N, K] row-major, as the checkpoint stores it: memory-mapped, never repacked or copied).
+// read in place ([N, K] row-major, as the checkpoint stores it: a memory map's view or the loader's copy in huge
+// pages, never repacked).
 //
 // Several weights that share x (q/k/v, gate/up) run as one GEMM: `segments` each name a weight and its own output,
 // and the kernel spreads their output channels over the threads as one N. Every output is the dot product of a row

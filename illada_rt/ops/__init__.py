@@ -337,8 +337,8 @@ def linear_bf16_route(x: torch.Tensor, weights, force: bool = False) -> str:
 
 def linear_bf16(x: torch.Tensor, weights, isa: str | None = None, force: bool = False) -> list[torch.Tensor]:
     """x [..., K] bfloat16 against 1 to 4 dense bfloat16 weights [N_s, K] (q/k/v or gate/up) -> one [..., N_s]
-    bfloat16 output per weight: x @ w.T with fp32 accumulation. The weights are read in place (memory-mapped, never
-    copied). Runs the compiled kernel on CPU with AVX-512 BF16 for at most BF16_GEMM_MAX_M rows (always with
+    bfloat16 output per weight: x @ w.T with fp32 accumulation. The weights are read in place, never repacked
+    (a memory map's views, or the loader's huge-page copies: illada_rt.load(huge_pages=)). Runs the compiled kernel on CPU with AVX-512 BF16 for at most BF16_GEMM_MAX_M rows (always with
     `force`), else PyTorch's F.linear per weight."""
     weights = list(weights)
     if not 1 <= len(weights) <= 4:
@@ -383,6 +383,15 @@ class WeightArena:
     @staticmethod
     def available() -> bool:
         return hasattr(mmap, "MADV_HUGEPAGE")
+
+    @staticmethod
+    def huge_pages_offered() -> bool:
+        """The OS gives huge pages to memory that asks for them (Linux THP in "always" or "madvise" mode)."""
+        try:
+            with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+                return WeightArena.available() and "[never]" not in f.read()
+        except OSError:
+            return False
 
     def _map(self, nbytes: int) -> torch.Tensor:
         size = _round_up(nbytes, self.HUGE) + self.HUGE  # room to start on a 2 MiB boundary
