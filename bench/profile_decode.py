@@ -40,6 +40,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         path = write_checkpoint(Path(tmp) / args.model, BENCH_MODELS[args.model])
         models = {"bf16": illada_rt.load(path)}
+        if any(p.startswith("eager_") for p in args.policy):  # PyTorch with its weights in ordinary pages
+            models["peer"] = illada_rt.load(path, huge_pages=False)
         if any(p.endswith("_int8") for p in args.policy):
             from illada_rt.quantize import quantize_checkpoint
 
@@ -54,7 +56,7 @@ def main(argv=None) -> int:
         print("| policy | total s | " + " | ".join(cols) + " | GEMM % of peak | GEMM calls by kernel |")
         print("|---|---:|" + "---:|" * len(cols) + "---:|---|")
         for name in args.policy:
-            m = models["int8" if name.endswith("_int8") else "bf16"]
+            m = models["int8" if name.endswith("_int8") else "peer" if name.startswith("eager_") else "bf16"]
             prompt = torch.randint(1, m.config.vocab_size - 1, (1, args.prompt),
                                    generator=torch.Generator().manual_seed(0))
             kw = dict(gen_length=args.gen, steps=args.steps, block_length=args.block, **POLICIES[name])

@@ -48,7 +48,9 @@ _TIMES = {}
 def models(bench_model_dir, tmp_path_factory):
     from illada_rt.quantize import quantize_checkpoint
 
-    out = {"bf16": illada_rt.load(bench_model_dir)}
+    # the peers' model: PyTorch as a user's PyTorch holds the weights (ordinary pages), not our huge-page copies,
+    # which speed PyTorch's own GEMMs up too (load(huge_pages=))
+    out = {"bf16": illada_rt.load(bench_model_dir), "peer": illada_rt.load(bench_model_dir, huge_pages=False)}
     for scheme in ("int8", "fp8"):
         q = tmp_path_factory.mktemp(scheme) / scheme
         quantize_checkpoint(bench_model_dir, q, scheme, progress=False)
@@ -121,10 +123,11 @@ def _run_policy(benchmark, model, policy, kw, prompt, group, times, monkeypatch,
 
 @pytest.mark.parametrize("policy", list(POLICIES))
 def test_policy(benchmark, models, policy, monkeypatch):
-    model = models[policy.rsplit("_", 1)[1] if policy.endswith(("_int8", "_fp8")) else "bf16"]
+    kind = "peer" if policy.startswith("eager") else "bf16"
+    model = models[policy.rsplit("_", 1)[1] if policy.endswith(("_int8", "_fp8")) else kind]
     prompt = torch.randint(1, model.config.vocab_size - 1, (1, PROMPT), generator=torch.Generator().manual_seed(0))
     _run_policy(benchmark, model, policy, POLICIES[policy], prompt,
-                f"prompt {PROMPT}, gen {GEN}, {STEPS} steps, block {BLOCK}", _TIMES, monkeypatch, models["bf16"])
+                f"prompt {PROMPT}, gen {GEN}, {STEPS} steps, block {BLOCK}", _TIMES, monkeypatch, models["peer"])
 
 
 # The embedded trained model (illada_rt.load()): confident where a random model never is, so threshold decoding
@@ -136,16 +139,17 @@ _EMBEDDED_TIMES = {}
 
 @pytest.fixture(scope="module")
 def embedded():
-    return illada_rt.load()
+    return illada_rt.load(), illada_rt.load(huge_pages=False)  # the model, and its peers' (see models)
 
 
 @pytest.mark.parametrize("policy", list(EMBEDDED_POLICIES))
 def test_embedded_policy(benchmark, embedded, policy, monkeypatch):
-    ids = embedded.encode_prompt("And God said unto Moses, Go in unto Pharaoh, and tell him")
+    model, peer = embedded
+    ids = model.encode_prompt("And God said unto Moses, Go in unto Pharaoh, and tell him")
     prompt = torch.tensor([ids])
-    _run_policy(benchmark, embedded, policy, EMBEDDED_POLICIES[policy], prompt,
+    _run_policy(benchmark, peer if policy.startswith("eager") else model, policy, EMBEDDED_POLICIES[policy], prompt,
                 f"embedded model, prompt {prompt.shape[1]}, gen {GEN}, {STEPS} steps, block {BLOCK}",
-                _EMBEDDED_TIMES, monkeypatch)
+                _EMBEDDED_TIMES, monkeypatch, peer)
 
 
 def test_flop_count_of_one_forward(models):
