@@ -356,15 +356,17 @@ def linear_bf16(x: torch.Tensor, weights, isa: str | None = None, force: bool = 
 
 
 class WeightArena:
-    """Memory for one model's packed weights: mappings of CHUNK bytes (or one per larger weight), each starting on a
+    """Memory for one model's linear weights on CPU (the packed int8/fp8 ones, and the dense ones that
+    illada_rt.load(huge_pages=True) copies): mappings of CHUNK bytes (or one per larger weight), each starting on a
     2 MiB boundary and advised for transparent huge pages where the OS offers them (Linux, THP in "madvise" or
     "always" mode), handed out in order, so one layer's weights lie side by side.
 
     Why: at decoding's small M the GEMMs stream every weight from DRAM once per forward, and with 4 KiB pages each
     64 KiB panel of int8 weights crosses 16 pages the hardware prefetchers stop at and the TLB misses on. Packed
     into huge pages, a 176M-model layer's W8A8 GEMMs at M = 32 ran 9% faster and the dual-cache int8 decode of the
-    bench 4-6% (AMD EPYC Zen 5, 2 threads, in-process A/B against the same weights in 4 KiB pages). The weights
-    are written once, by the packing, so the pages are faulted in as huge pages from the start.
+    bench 4-6%, the dense bf16 dual-cache decode 4-6% too (AMD EPYC Zen 5, 2 threads, in-process A/B against the
+    same weights in 4 KiB pages). The weights are written once, by the packing or the copy, so the pages are
+    faulted in as huge pages from the start.
 
     Each tensor handed out is a view that keeps its mapping alive: a mapping is unmapped when the last weight in it
     is gone and this arena has moved on from it. Unused space is never touched, so costs no memory beyond at most
