@@ -26,7 +26,8 @@ def _run(x, pw, out_dtype, isa):
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("M,N,K", [(1, 1, 1), (1, 16, 2), (33, 100, 37), (7, 64, 4096), (6, 65, 255), (100, 17, 300),
-                                   (0, 16, 8), (3, 0, 8), (2, 16, 0)])
+                                   (0, 16, 8), (3, 0, 8), (2, 16, 0),
+                                   (200, 333, 301)])  # many tasks: two row blocks, six panels shared out
 def test_matches_reference(isa, out_dtype, M, N, K):
     q, s = _fp8(N, K, seed=M + N + K)
     pw = ops.pack_fp8_weight(q, s)

@@ -3,12 +3,14 @@
 // fp32 x 2^8 -> bf16, all exact), then a 6 x 4 register tile of vdpbf16ps runs over every row tile.
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "gemm_f8w.h"
 #include "avx512_util.h"
 #include "gemm_w8a8.h"
 #include "scratch.h"
+#include "task_ranges.h"
 
 namespace illada::cpu {
 
@@ -81,12 +83,30 @@ void gemm_f8w_avx512(const GemmF8Params& p) {
     }
     xs = padded;
   }
-  avx512::for_each_gemm_task(p.M, p.N, kRowsPerTask, kNV, p.n_threads,
-                             [&](int64_t m_begin, int64_t m_end, int64_t nb0, int nv) {
+  // Tasks (panel of kNV blocks) x (block of kRowsPerTask rows), panel-major, balanced by TaskRanges; a task whose
+  // thread expects another panel next prefetches that panel's weights while it widens its own (at decoding's small
+  // M the weights stream from DRAM), a share of the lines per widened K block.
+  const int64_t NB = (p.N + 15) / 16, panels = (NB + kNV - 1) / kNV, row_tasks = (p.M + kRowsPerTask - 1) / kRowsPerTask;
+  TaskRanges ranges(panels * row_tasks, p.n_threads);
+#pragma omp parallel num_threads(p.n_threads)
+  ranges.run([&](int64_t task, int64_t next) {
+    const int64_t nb0 = task / row_tasks * kNV, m_begin = task % row_tasks * kRowsPerTask;
+    const int64_t m_end = std::min(p.M, m_begin + kRowsPerTask);
+    const int nv = static_cast<int>(std::min<int64_t>(kNV, NB - nb0));
+    int64_t lines = 0;  // 64 B each: a block's K2 pairs x 16 channels are K2 * 32 bytes
+    const char* pf = nullptr;
+    if (next >= 0 && next / row_tasks != task / row_tasks) {
+      const int64_t nnb0 = next / row_tasks * kNV;
+      lines = (std::min<int64_t>(kNV, NB - nnb0) * p.K2 * 32 + 63) / 64;
+      pf = reinterpret_cast<const char*>(p.w_packed + nnb0 * p.K2 * 32);
+    }
+    const int64_t kblocks = std::max<int64_t>(1, (p.K2 + kK2Block - 1) / kK2Block);
+    int64_t kb = 0;
     alignas(64) __m512i scratch[kNV * kK2Block];
     alignas(64) float partial[kRowsPerTask * kNV * 16];
-    for (int64_t k0 = 0; k0 < p.K2 || k0 == 0; k0 += kK2Block) {
+    for (int64_t k0 = 0; k0 < p.K2 || k0 == 0; k0 += kK2Block, ++kb) {
       const int64_t k1 = k0 + kK2Block < p.K2 ? k0 + kK2Block : p.K2;
+      for (int64_t l = kb * lines / kblocks; l < (kb + 1) * lines / kblocks; ++l) _mm_prefetch(pf + l * 64, _MM_HINT_T0);
       for (int j = 0; j < nv; ++j)
         for (int64_t k2 = k0; k2 < k1; ++k2)
           scratch[j * kK2Block + (k2 - k0)] = widen_e4m3(_mm256_loadu_si256(
