@@ -390,7 +390,7 @@ def load(path=None, device="cpu", dtype=None, mask_token_id: int | None = None, 
     huge pages where the OS offers them (ops.WeightArena): at decoding's small M the GEMMs stream their weights from
     DRAM, 7-9% faster from huge pages. A dense weight that could run from the memory map is then copied (one tensor
     at a time, the file's pages released: resident once). huge_pages=False keeps such weights as views of the map
-    (a faster load, the page cache shared with other processes).
+    (a faster load, the page cache shared with other processes) and packs quantized ones into ordinary memory.
     """
     directory = hub.resolve(DEFAULT_MODEL if path is None else path, revision)
     if not directory.is_dir():

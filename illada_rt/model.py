@@ -95,8 +95,7 @@ class WeightLoader:
         self.store, self.scheme, self.device, self.dtype, self.strict = store, scheme, device, dtype, strict
         self.released: list[str] = []  # tensors the model holds copies of: their mapped pages are not needed
         # the linears' memory on CPU: in load order, in huge pages where the OS offers them (ops.WeightArena)
-        self.arena = ops.WeightArena() if huge_pages else None
-        self.dense_into_arena = huge_pages and device.type == "cpu" and ops.WeightArena.huge_pages_offered()
+        self.arena = ops.WeightArena() if huge_pages and device.type == "cpu" else None
 
     def refuse(self, message: str) -> None:
         if self.strict:
@@ -146,10 +145,6 @@ class WeightLoader:
             self._release(scale)
         else:
             self._check_finite(name, w, stored)
-            if self.dense_into_arena and w.numel() * w.element_size() >= self.arena.SMALL:
-                c = self.arena.empty(w.numel(), w.dtype).view(w.shape)  # see load(huge_pages=)
-                c.copy_(w)
-                w = c
             self._release_if_copied(name, w, stored)
         return w
 

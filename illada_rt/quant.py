@@ -316,10 +316,12 @@ def device_bytes_estimate(store, kernel: str, dtype: torch.dtype) -> int:
 def load_linear(store, name: str, shape: tuple[int, int], scheme: QuantScheme | None, device: torch.device,
                 dtype: torch.dtype, arena: ops.WeightArena | None = None):
     """The weight `name` (ending in .weight) as a dense tensor or a QuantizedLinear, per the scheme and what the
-    file holds; a weight packed for a CPU kernel goes into `arena`'s memory when one is given."""
+    file holds. With an `arena` (CPU), a weight packed for a CPU kernel goes into its memory, and so does a dense
+    one where WeightArena.copy_of finds it pays (huge pages), converted to dtype in the same pass."""
     entry = store.entry(name) if name in store else None
     if scheme is None or entry is None or entry.dtype not in (torch.int8, torch.float8_e4m3fn):
-        return store.get(name, shape).to(device=device, dtype=dtype)
+        t = store.get(name, shape)
+        return arena.copy_of(t, dtype) if arena is not None else t.to(device=device, dtype=dtype)
     prefix = name[: -len(".weight")]
     scale_name = prefix + ".weight_scale"
     if scale_name not in store:

@@ -64,20 +64,4 @@ void for_each_row_tile(int64_t m_begin, int64_t m_end, int max_mr, const Fn& fn)
   }
 }
 
-// The task grid of the blocked AVX-512 GEMMs: tasks of rows_per_task rows x a panel of up to nv_max vectors of 16
-// output channels, spread over OpenMP threads; fn(m_begin, m_end, nb0, nv) runs one task (its own K loop).
-// Panel-major: a thread's consecutive tasks are the row tasks of one panel, then the next panel, so the weights
-// stream from memory once, in order (and a task can prefetch the panels that follow it).
-template <class Fn>
-void for_each_gemm_task(int64_t M, int64_t N, int64_t rows_per_task, int nv_max, int n_threads, const Fn& fn) {
-  const int64_t NB = (N + 15) / 16, panels = (NB + nv_max - 1) / nv_max;
-  const int64_t row_tasks = (M + rows_per_task - 1) / rows_per_task;
-#pragma omp parallel for collapse(2) num_threads(n_threads) schedule(static)
-  for (int64_t panel = 0; panel < panels; ++panel)
-    for (int64_t mt = 0; mt < row_tasks; ++mt) {
-      const int64_t nb0 = panel * nv_max, m_begin = mt * rows_per_task;
-      fn(m_begin, std::min(M, m_begin + rows_per_task), nb0, static_cast<int>(std::min<int64_t>(nv_max, NB - nb0)));
-    }
-}
-
 }  // namespace illada::cpu::avx512

@@ -165,7 +165,8 @@ void gemm_bf16_avx512(const GemmBf16Params& p) {
     const int64_t row_lines = (p.K * 2 + 63) / 64;
     const int64_t lines = contiguous ? (n_next * p.K * 2 + 63) / 64 : n_next * row_lines;
     const char* pf_base = reinterpret_cast<const char*>(gn->w + nn0 * gn->ldw);
-    const int64_t calls = std::max<int64_t>(1, (p.K + kKBlock - 1) / kKBlock) * ((d.m_end - d.m_begin + kMR - 1) / kMR);
+    const int64_t calls =
+        std::max<int64_t>(1, (p.K + kKBlock - 1) / kKBlock) * ((d.m_end - d.m_begin + kMR - 1) / kMR);
     int64_t call = 0;
     for (int64_t k0 = 0; k0 < p.K || k0 == 0; k0 += kKBlock) {
       const int64_t k1 = std::min(p.K, k0 + kKBlock);

@@ -86,7 +86,8 @@ void gemm_f8w_avx512(const GemmF8Params& p) {
   // Tasks (panel of kNV blocks) x (block of kRowsPerTask rows), panel-major, balanced by TaskRanges; a task whose
   // thread expects another panel next prefetches that panel's weights while it widens its own (at decoding's small
   // M the weights stream from DRAM), a share of the lines per widened K block.
-  const int64_t NB = (p.N + 15) / 16, panels = (NB + kNV - 1) / kNV, row_tasks = (p.M + kRowsPerTask - 1) / kRowsPerTask;
+  const int64_t NB = (p.N + 15) / 16, panels = (NB + kNV - 1) / kNV;
+  const int64_t row_tasks = (p.M + kRowsPerTask - 1) / kRowsPerTask;
   TaskRanges ranges(panels * row_tasks, p.n_threads);
 #pragma omp parallel num_threads(p.n_threads)
   ranges.run([&](int64_t task, int64_t next) {
@@ -106,7 +107,8 @@ void gemm_f8w_avx512(const GemmF8Params& p) {
     alignas(64) float partial[kRowsPerTask * kNV * 16];
     for (int64_t k0 = 0; k0 < p.K2 || k0 == 0; k0 += kK2Block, ++kb) {
       const int64_t k1 = k0 + kK2Block < p.K2 ? k0 + kK2Block : p.K2;
-      for (int64_t l = kb * lines / kblocks; l < (kb + 1) * lines / kblocks; ++l) _mm_prefetch(pf + l * 64, _MM_HINT_T0);
+      for (int64_t l = kb * lines / kblocks; l < (kb + 1) * lines / kblocks; ++l)
+        _mm_prefetch(pf + l * 64, _MM_HINT_T0);
       for (int j = 0; j < nv; ++j)
         for (int64_t k2 = k0; k2 < k1; ++k2)
           scratch[j * kK2Block + (k2 - k0)] = widen_e4m3(_mm256_loadu_si256(

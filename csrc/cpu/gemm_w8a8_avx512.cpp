@@ -181,10 +181,8 @@ void gemm_s8_segments(const GemmS8Params* seg, int n_seg, const Before& before) 
 void quantize_rows_s8_avx512(const void* x, bool x_is_bf16, int64_t ldx, int64_t M, int64_t K, int8_t* q,
                              float* scale, bool shifted, int n_threads) {
 #pragma omp parallel for num_threads(n_threads) schedule(static)
-  for (int64_t m = 0; m < M; ++m) {
-    const size_t esize = x_is_bf16 ? 2 : 4;
-    quantize_row_s8(static_cast<const char*>(x) + m * ldx * esize, x_is_bf16, m, K, q, scale, shifted);
-  }
+  for (int64_t m = 0; m < M; ++m)
+    quantize_row_s8(static_cast<const char*>(x) + m * ldx * (x_is_bf16 ? 2 : 4), x_is_bf16, m, K, q, scale, shifted);
 }
 
 void linear_w8a8_avx512(const LinearW8A8Params& p, const GemmS8Params* g, int n_seg, int8_t* q, float* xs,

@@ -6,6 +6,7 @@ can flip it).
 """
 from __future__ import annotations
 
+import functools
 import mmap
 import os
 import weakref
@@ -338,8 +339,9 @@ def linear_bf16_route(x: torch.Tensor, weights, force: bool = False) -> str:
 def linear_bf16(x: torch.Tensor, weights, isa: str | None = None, force: bool = False) -> list[torch.Tensor]:
     """x [..., K] bfloat16 against 1 to 4 dense bfloat16 weights [N_s, K] (q/k/v or gate/up) -> one [..., N_s]
     bfloat16 output per weight: x @ w.T with fp32 accumulation. The weights are read in place, never repacked
-    (a memory map's views, or the loader's huge-page copies: illada_rt.load(huge_pages=)). Runs the compiled kernel on CPU with AVX-512 BF16 for at most BF16_GEMM_MAX_M rows (always with
-    `force`), else PyTorch's F.linear per weight."""
+    (a memory map's views, or the loader's huge-page copies: illada_rt.load(huge_pages=)). Runs the compiled kernel
+    on CPU with AVX-512 BF16 for at most BF16_GEMM_MAX_M rows (always with `force`), else PyTorch's F.linear per
+    weight."""
     weights = list(weights)
     if not 1 <= len(weights) <= 4:
         raise ValueError(f"weights: expected 1 to 4 weights, got {len(weights)}")
@@ -389,11 +391,7 @@ class WeightArena:
     @staticmethod
     def huge_pages_offered() -> bool:
         """The OS gives huge pages to memory that asks for them (Linux THP in "always" or "madvise" mode)."""
-        try:
-            with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
-                return WeightArena.available() and "[never]" not in f.read()
-        except OSError:
-            return False
+        return WeightArena.available() and "[never]" not in _thp_mode()
 
     def _map(self, nbytes: int) -> torch.Tensor:
         size = _round_up(nbytes, self.HUGE) + self.HUGE  # room to start on a 2 MiB boundary
@@ -421,13 +419,36 @@ class WeightArena:
         self._used = start + nbytes
         return self._base[start:start + nbytes].view(dtype)
 
+    def copy_of(self, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """A dense CPU weight converted to dtype: into this arena where that pays (at least SMALL bytes, the OS
+        offering huge pages), in one pass; else t.to(dtype), a view of t when it already has that dtype."""
+        if t.numel() * torch.empty((), dtype=dtype).element_size() < self.SMALL or not self.huge_pages_offered():
+            return t.to(dtype=dtype)
+        c = self.empty(t.numel(), dtype).view(t.shape)
+        c.copy_(t)
+        return c
+
+
+@functools.lru_cache(maxsize=None)
+def _thp_mode() -> str:
+    """Linux's transparent-huge-page mode line ("always [madvise] never"), or "[never]" where there is none."""
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            return f.read()
+    except OSError:
+        return "[never]"
+
+
+def _weight_memory(arena: WeightArena | None, numel: int, dtype: torch.dtype) -> torch.Tensor:
+    return arena.empty(numel, dtype) if arena is not None else torch.empty(numel, dtype=dtype)
+
 
 def pack_int8_weight(weight: torch.Tensor, scale: torch.Tensor, arena: WeightArena | None = None) -> Int8Weight:
     """weight [N, K] int8 (CPU), scale [N] (per output channel) -> Int8Weight; the packed copy in `arena`'s memory
     when one is given (a model's loader passes its own), else torch.empty's."""
     N, K, scale = _check_quantized_weight(weight, scale, torch.int8)
     numel = _round_up(N, 16) * _round_up(K, 4)
-    packed = arena.empty(numel, torch.int8) if arena is not None else torch.empty(numel, dtype=torch.int8)
+    packed = _weight_memory(arena, numel, torch.int8)
     colsum = torch.empty(_round_up(N, 16), dtype=torch.int32)
     if _C is not None:
         _C.pack_w8(weight.cpu().contiguous(), packed, colsum, _threads())
@@ -525,7 +546,7 @@ def pack_fp8_weight(weight: torch.Tensor, scale: torch.Tensor, arena: WeightAren
     if _C is None:  # pragma: no cover - only without a build
         raise RuntimeError("the compiled module illada_rt._C is missing")
     numel = _round_up(N, 16) * _round_up(K, 2)
-    packed = arena.empty(numel, torch.uint8) if arena is not None else torch.empty(numel, dtype=torch.uint8)
+    packed = _weight_memory(arena, numel, torch.uint8)
     _C.pack_f8(weight.cpu().contiguous().view(torch.uint8), packed, _threads())
     return Fp8Weight(packed, scale, N, K)
 
