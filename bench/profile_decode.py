@@ -36,6 +36,7 @@ def main(argv=None) -> int:
     ap.add_argument("--gen", type=int, default=128)
     ap.add_argument("--steps", type=int, default=64)
     ap.add_argument("--block", type=int, default=32)
+    ap.add_argument("--ops", action="store_true", help="also print each op's time and calls")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         path = write_checkpoint(Path(tmp) / args.model, BENCH_MODELS[args.model])
@@ -76,6 +77,10 @@ def main(argv=None) -> int:
             cells = [f"{prof[c]:.2f} ({100 * prof[c] / prof['total']:.0f}%)" for c in cols]
             routes = ", ".join(f"{k} {v}" for k, v in sorted(prof["gemm_routes"].items()))
             print(f"| {name} | {prof['total']:.2f} | " + " | ".join(cells) + f" | {gemm_pct:.0f}% | {routes} |")
+            if args.ops:
+                per_op = sorted(prof["op_seconds"].items(), key=lambda kv: -kv[1])
+                print("    " + ", ".join(f"{op} {s * 1e3:.1f} ms / {prof['calls'][op]} calls "
+                                       f"({s / prof['calls'][op] * 1e6:.0f} us)" for op, s in per_op))
     return 0
 
 

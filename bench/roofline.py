@@ -109,12 +109,12 @@ CATEGORIES = {"gemm": ("linear", "linears", "swiglu_linear"), "attention": ("att
 
 @contextlib.contextmanager
 def profile():
-    """Yields {category: seconds, ..., "gemm_flops": n, "calls": {op: n}} filled while the block runs: the time
-    spent inside the model's linears (GEMMs), ops.attention, the norms/activations/RoPE ops and sampling/selection
-    (CPU ops are synchronous, so wall time inside a call is the op's time). What the block takes beyond their sum is
-    Python and framework overhead (`python`, filled on exit)."""
+    """Yields {category: seconds, ..., "gemm_flops": n, "calls": {op: n}, "op_seconds": {op: s}} filled while the
+    block runs: the time spent inside the model's linears (GEMMs), ops.attention, the norms/activations/RoPE ops and
+    sampling/selection (CPU ops are synchronous, so wall time inside a call is the op's time), per category and per
+    op. What the block takes beyond their sum is Python and framework overhead (`python`, filled on exit)."""
     out = {c: 0.0 for c in CATEGORIES}
-    out["calls"] = {}
+    out["calls"], out["op_seconds"] = {}, {}
     patched = []
     depth = [0]  # an op that calls another (sample_greedy -> sample_tokens) is timed once, as the outer one
 
@@ -130,7 +130,9 @@ def profile():
                 return real(*a, **kw)
             finally:
                 depth[0] -= 1
-                out[category] += time.perf_counter() - t
+                dt = time.perf_counter() - t
+                out[category] += dt
+                out["op_seconds"][name] = out["op_seconds"].get(name, 0.0) + dt
                 out["calls"][name] = out["calls"].get(name, 0) + 1
         setattr(owner, name, timed)
         patched.append((owner, name, real))

@@ -1,5 +1,5 @@
 """CPU attention kernel against the float64 reference over the shape classes that matter: odd lengths (not
-multiples of the 16-key vector or the 128-key block), batch > 1, key padding masks, GQA, query length different
+multiples of the 16-key vector or the 64-key block), batch > 1, key padding masks, GQA, query length different
 from key length (caches), head dims 64/128 (AVX-512 path) and others (portable path), fp32 and bf16, strided
 layouts (the model's [B, T, H, D] viewed as [B, H, T, D]), every compiled ISA variant."""
 import pytest
@@ -13,7 +13,8 @@ ISAS = ops.cpu_isas()
 SHAPES = [  # B, Hq, Hkv, Tq, Tk, D
     (1, 2, 2, 1, 1, 128), (2, 4, 2, 33, 70, 128), (1, 8, 8, 32, 192, 128), (2, 4, 1, 5, 17, 64),
     (3, 6, 3, 50, 129, 64), (1, 4, 4, 130, 300, 128), (2, 2, 1, 7, 9, 32), (1, 3, 1, 4, 20, 80),
-    (1, 4, 2, 40, 2048, 128), (2, 2, 1, 25, 1999, 64),  # long contexts: 16 key blocks, and a ragged last one
+    (1, 4, 2, 40, 2048, 128), (2, 2, 1, 25, 1999, 64),  # long contexts: 32 key blocks, and a ragged last one
+    (1, 2, 1, 29, 77, 128),  # a 24-row task and a 5-row one: every register tile height 1..6 occurs at D = 128
 ]
 
 
@@ -86,12 +87,12 @@ def test_fully_masked_rows_are_zero_and_padding_keys_are_ignored(isa):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("D", [64, 128])
 def test_left_padding_over_whole_key_blocks(isa, dtype, D):
-    """Left padding as a batch of prompts has it: whole 128-key blocks of masked keys, then live keys (the kernel's
+    """Left padding as a batch of prompts has it: whole 64-key blocks of masked keys, then live keys (the kernel's
     online softmax starts from blocks where every key is masked), up to 2048 keys, with Tq != Tk (cache steps)."""
     q, k, v, _ = _inputs(3, 4, 2, 37, 2048, D, dtype, seed=5)
     mask = torch.ones(3, 2048, dtype=torch.bool)
-    mask[0, :128] = False          # exactly one block
-    mask[1, :1000] = False         # seven blocks and part of the eighth
+    mask[0, :128] = False          # exactly two blocks
+    mask[1, :1000] = False         # fifteen blocks and part of the sixteenth
     mask[2, :2047] = False         # one live key, in the last block
     got = _run(q, k, v, mask, isa)
     exact = reference.attention(q.double(), k.double(), v.double(), mask)

@@ -1,6 +1,6 @@
 """bf16 models with the head dims real checkpoints use (64 and 128), where the CPU runs its AVX-512 attention, RoPE
 and fused RMSNorm / SwiGLU kernels, against the same stored weights run in float64 by the independent forward
-(tests/independent.py): left padding that covers a whole 128-key block followed by live keys, and KV-cache steps
+(tests/independent.py): left padding that covers whole 64-key blocks followed by live keys, and KV-cache steps
 whose queries are a window of the keys (Tq != Tk), as the prefix and dual caches run them."""
 import pytest
 import torch
@@ -19,7 +19,7 @@ SPECS = {  # two layers, GQA, both layouts; bf16 storage
     128: TinySpec(layout="llama", d_model=256, n_heads=2, n_kv_heads=1, mlp_hidden_size=512, max_sequence_length=512,
                   dtype="bfloat16", tied=True, mask_token_id=None, seed=22),
 }
-T, PAD = 200, 130           # row 1: keys 0..129 are padding (all of the first 128-key block), then 70 live ones
+T, PAD = 200, 130           # row 1: keys 0..129 are padding (all of the first two 64-key blocks), then 70 live ones
 # bf16 compute against float64 over the same weights: 0.8-0.9% relative error and 0.21 at most on logits of
 # magnitude 17-26 measured, torch's bf16 path (ILLADA_RT_KERNELS=reference) the same; bounds 2.5x that
 REL, ABS = 0.02, 0.5

@@ -1,10 +1,10 @@
 // AVX-512 attention for head dims 64 and 128 (see attention.h). Keys are first packed per (batch, kv head) as
-// K^T (transposed 16 x 16 words at a time in registers: fp32 [D][Tk16], or for bf16 inputs [D/2][Tk16] bf16 pairs; Tk16 = Tk rounded
-// up to 16; shared by every query head of a GQA group), with an additive mask row (0 or -inf) per batch; values
-// are read in place. Then each task takes 24 query rows of one head; per key block of up to 128 keys, for each 3 of
-// its rows: scores S = q K^T * scale in 3 x 8 registers (a broadcast q element, or bf16 pair with vdpbf16ps, times 8
-// K^T vectors), an online softmax (running max and sum, rescaling the output), and O += P V in fp32 with the
-// output rows in 3 x D/16 registers for the block (kept in memory between blocks).
+// K^T (transposed 16 x 16 words at a time in registers: fp32 [D][Tk16], or for bf16 inputs [D/2][Tk16] bf16 pairs;
+// Tk16 = Tk rounded up to 16; shared by every query head of a GQA group), bf16 values as pairs of keys per head
+// dim, with an additive mask row (0 or -inf) per batch; fp32 values are read in place. Then each task takes 24 query
+// rows of one head; per key block of up to 64 keys, for each 6 of its rows: scores S = q K^T * scale in 6 x 4
+// registers (a broadcast q element, or bf16 pair with vdpbf16ps, times 4 K^T vectors), an online softmax (running
+// max and sum, rescaling the output), and O += P V in fp32, 4 head-dim vectors of the 6 rows at a time.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -21,7 +21,8 @@ namespace illada::cpu {
 
 namespace {
 
-constexpr int kRows = 3;               // query rows per register tile
+constexpr int kRows = 6;               // query rows per register tile
+constexpr int64_t kKeys = 64;          // keys per block
 constexpr int64_t kRowsPerTask = 24;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
@@ -33,14 +34,20 @@ inline __m512 load16(const void* base, int64_t i, bool bf16) {
   return _mm512_loadu_ps(static_cast<const float*>(base) + i);
 }
 
-// BF: bf16 inputs, scores by vdpbf16ps over pairs of head dims (exact products, fp32 sums): qf holds the query
-// rows as bf16 pairs (uint32, unscaled) and kt the keys as [D/2][tkp] pairs; scores are scaled afterwards.
-// Otherwise fp32: qf holds q * scale and kt is [D][tkp] fp32.
+// One key block (NV * 16 keys from kb, NV <= 4) for R <= 6 query rows whose running output rows live in memory
+// (om, R x D, fp32). BF: bf16 inputs, scores by vdpbf16ps over pairs of head dims (exact products, fp32 sums): qf
+// holds the query rows as bf16 pairs (uint32, unscaled) and kt the keys as [D/2][tkp] pairs; scores are scaled
+// afterwards. Otherwise fp32: qf holds q * scale and kt is [D][tkp] fp32.
+// Scores S (R x NV registers), the online softmax (running max m and sum l per row; P and the factor alpha that
+// rescales the output rows), then O = alpha O + P V in chunks of DC head-dim vectors (R * DC <= 24 registers,
+// loaded from om and stored back): 6 rows share each K^T / V load, and a 64-key block of K^T and V (16 + 16 KB in
+// bf16 at D = 128) stays in L1 for every tile of the task.
 template <bool BF, int R, int ND, int NV>
-__attribute__((always_inline)) inline void key_block(const void* qf, const void* kt, int64_t tkp, const void* vsrc,
-                                                     int64_t v_st, int64_t tk, const float* madd, int64_t kb, float* m,
-                                                     float* l, __m512 (&o)[R][ND], float scale) {
+void key_block(const void* qf, const void* kt, int64_t tkp, const void* vsrc, int64_t v_st, int64_t tk,
+               const float* madd, int64_t kb, float* m, float* l, float* om, float scale) {
   constexpr int D = ND * 16;
+  constexpr int DC = R >= 4 ? 4 : ND;  // head-dim vectors per PV chunk
+  static_assert(ND % DC == 0 && R * DC <= 32, "PV chunking");
   __m512 s[R][NV];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
@@ -81,6 +88,7 @@ __attribute__((always_inline)) inline void key_block(const void* qf, const void*
     }
   }
   alignas(64) float pb[R][NV * 16];
+  float alpha[R];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
     __m512 mx = _mm512_set1_ps(kNegInf);
@@ -90,12 +98,13 @@ __attribute__((always_inline)) inline void key_block(const void* qf, const void*
       mx = _mm512_max_ps(mx, s[r][v]);
     }
     const float mnew = std::fmax(m[r], _mm512_reduce_max_ps(mx));
-    if (mnew == kNegInf) {  // every key so far masked: nothing to add
+    if (mnew == kNegInf) {  // every key so far masked: nothing to add, the output rows stay zero
+      alpha[r] = 1.f;
 #pragma GCC unroll 8
       for (int v = 0; v < NV; ++v) _mm512_store_ps(pb[r] + 16 * v, _mm512_setzero_ps());
       continue;
     }
-    const float alpha = m[r] == kNegInf ? 0.f : std::exp(m[r] - mnew);
+    alpha[r] = m[r] == kNegInf ? 0.f : m[r] == mnew ? 1.f : std::exp(m[r] - mnew);
     const __m512 vm = _mm512_set1_ps(mnew);
     __m512 sum = _mm512_setzero_ps();
 #pragma GCC unroll 8
@@ -104,88 +113,77 @@ __attribute__((always_inline)) inline void key_block(const void* qf, const void*
       _mm512_store_ps(pb[r] + 16 * v, e);
       sum = _mm512_add_ps(sum, e);
     }
-    l[r] = l[r] * alpha + _mm512_reduce_add_ps(sum);
+    l[r] = l[r] * alpha[r] + _mm512_reduce_add_ps(sum);
     m[r] = mnew;
-    const __m512 va = _mm512_set1_ps(alpha);
-#pragma GCC unroll 8
-    for (int n = 0; n < ND; ++n) o[r][n] = _mm512_mul_ps(o[r][n], va);
   }
   const int64_t jn = tk - kb < NV * 16 ? tk - kb : NV * 16;  // keys past Tk have p = 0 and no row to read
+  // BF: P rounded to bf16 pairs of keys (as flash attention does), V packed as [Tk16/2][D] pairs of keys per head
+  // dim (zero past Tk), fp32 accumulation with vdpbf16ps
+  alignas(64) uint16_t pp[R][NV * 16];
   if (BF) {
-    // O += P V with vdpbf16ps: P rounded to bf16 pairs of keys (as flash attention does), V packed as
-    // [Tk16/2][D] pairs of keys per head dim (zero past Tk), fp32 accumulation
-    alignas(64) uint16_t pp[R][NV * 16];
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r)
 #pragma GCC unroll 8
       for (int v = 0; v < NV; ++v)
         _mm256_store_si256(reinterpret_cast<__m256i*>(pp[r] + 16 * v), avx512::to_bf16(_mm512_load_ps(pb[r] + 16 * v)));
-    const uint32_t* vp = static_cast<const uint32_t*>(vsrc);
-    for (int64_t jp = 0; jp < (jn + 1) / 2; ++jp) {
-      __m512i vrow[ND];
-#pragma GCC unroll 8
-      for (int n = 0; n < ND; ++n) vrow[n] = _mm512_loadu_si512(vp + (kb / 2 + jp) * D + 16 * n);
-#pragma GCC unroll 8
-      for (int r = 0; r < R; ++r) {
-        uint32_t pair;
-        std::memcpy(&pair, pp[r] + 2 * jp, 4);
-        const __m512bh bp = (__m512bh)_mm512_set1_epi32(static_cast<int>(pair));
-#pragma GCC unroll 8
-        for (int n = 0; n < ND; ++n) o[r][n] = _mm512_dpbf16_ps(o[r][n], bp, (__m512bh)vrow[n]);
-      }
-    }
-    return;
   }
-  for (int64_t j = 0; j < jn; ++j) {
-    __m512 vrow[ND];
-#pragma GCC unroll 8
-    for (int n = 0; n < ND; ++n) vrow[n] = load16(vsrc, (kb + j) * v_st + 16 * n, BF);
+  for (int c0 = 0; c0 < ND; c0 += DC) {
+    __m512 o[R][DC];
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
-      const __m512 bp = _mm512_set1_ps(pb[r][j]);
+      const __m512 va = _mm512_set1_ps(alpha[r]);
 #pragma GCC unroll 8
-      for (int n = 0; n < ND; ++n) o[r][n] = _mm512_fmadd_ps(bp, vrow[n], o[r][n]);
+      for (int n = 0; n < DC; ++n) o[r][n] = _mm512_mul_ps(_mm512_load_ps(om + r * D + 16 * (c0 + n)), va);
     }
+    if (BF) {
+      const uint32_t* vp = static_cast<const uint32_t*>(vsrc) + 16 * c0;
+      for (int64_t jp = 0; jp < (jn + 1) / 2; ++jp) {
+        __m512i vrow[DC];
+#pragma GCC unroll 8
+        for (int n = 0; n < DC; ++n) vrow[n] = _mm512_loadu_si512(vp + (kb / 2 + jp) * D + 16 * n);
+#pragma GCC unroll 8
+        for (int r = 0; r < R; ++r) {
+          uint32_t pair;
+          std::memcpy(&pair, pp[r] + 2 * jp, 4);
+          const __m512bh bp = (__m512bh)_mm512_set1_epi32(static_cast<int>(pair));
+#pragma GCC unroll 8
+          for (int n = 0; n < DC; ++n) o[r][n] = _mm512_dpbf16_ps(o[r][n], bp, (__m512bh)vrow[n]);
+        }
+      }
+    } else {
+      for (int64_t j = 0; j < jn; ++j) {
+        __m512 vrow[DC];
+#pragma GCC unroll 8
+        for (int n = 0; n < DC; ++n) vrow[n] = load16(vsrc, (kb + j) * v_st + 16 * (c0 + n), false);
+#pragma GCC unroll 8
+        for (int r = 0; r < R; ++r) {
+          const __m512 bp = _mm512_set1_ps(pb[r][j]);
+#pragma GCC unroll 8
+          for (int n = 0; n < DC; ++n) o[r][n] = _mm512_fmadd_ps(bp, vrow[n], o[r][n]);
+        }
+      }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+      for (int n = 0; n < DC; ++n) _mm512_store_ps(om + r * D + 16 * (c0 + n), o[r][n]);
   }
-}
-
-// One key block (NV * 16 keys from kb) for R query rows whose running output rows live in memory (om, R x D) and
-// go through registers for the block.
-template <bool BF, int R, int ND, int NV>
-void rows_block(const void* qf, const void* kt, int64_t tkp, const void* vsrc, int64_t v_st, int64_t tk,
-                const float* madd, int64_t kb, float* m, float* l, float* om, float scale) {
-  constexpr int D = ND * 16;
-  __m512 o[R][ND];
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 8
-    for (int n = 0; n < ND; ++n) o[r][n] = _mm512_load_ps(om + r * D + 16 * n);
-  key_block<BF, R, ND, NV>(qf, kt, tkp, vsrc, v_st, tk, madd, kb, m, l, o, scale);
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 8
-    for (int n = 0; n < ND; ++n) _mm512_store_ps(om + r * D + 16 * n, o[r][n]);
 }
 
 template <bool BF, int R, int ND>
-void rows_block_nv(int nv, const void* qf, const void* kt, int64_t tkp, const void* vsrc, int64_t v_st, int64_t tk,
-                   const float* madd, int64_t kb, float* m, float* l, float* om, float scale) {
+void key_block_nv(int nv, const void* qf, const void* kt, int64_t tkp, const void* vsrc, int64_t v_st, int64_t tk,
+                  const float* madd, int64_t kb, float* m, float* l, float* om, float scale) {
   switch (nv) {
-    case 1: rows_block<BF, R, ND, 1>(qf, kt, tkp, vsrc, v_st, tk, madd, kb, m, l, om, scale); break;
-    case 2: rows_block<BF, R, ND, 2>(qf, kt, tkp, vsrc, v_st, tk, madd, kb, m, l, om, scale); break;
-    case 3: rows_block<BF, R, ND, 3>(qf, kt, tkp, vsrc, v_st, tk, madd, kb, m, l, om, scale); break;
-    case 4: rows_block<BF, R, ND, 4>(qf, kt, tkp, vsrc, v_st, tk, madd, kb, m, l, om, scale); break;
-    case 5: rows_block<BF, R, ND, 5>(qf, kt, tkp, vsrc, v_st, tk, madd, kb, m, l, om, scale); break;
-    case 6: rows_block<BF, R, ND, 6>(qf, kt, tkp, vsrc, v_st, tk, madd, kb, m, l, om, scale); break;
-    case 7: rows_block<BF, R, ND, 7>(qf, kt, tkp, vsrc, v_st, tk, madd, kb, m, l, om, scale); break;
-    default: rows_block<BF, R, ND, 8>(qf, kt, tkp, vsrc, v_st, tk, madd, kb, m, l, om, scale); break;
+    case 1: key_block<BF, R, ND, 1>(qf, kt, tkp, vsrc, v_st, tk, madd, kb, m, l, om, scale); break;
+    case 2: key_block<BF, R, ND, 2>(qf, kt, tkp, vsrc, v_st, tk, madd, kb, m, l, om, scale); break;
+    case 3: key_block<BF, R, ND, 3>(qf, kt, tkp, vsrc, v_st, tk, madd, kb, m, l, om, scale); break;
+    default: key_block<BF, R, ND, 4>(qf, kt, tkp, vsrc, v_st, tk, madd, kb, m, l, om, scale); break;
   }
 }
 
-// The query rows [i_begin, i_end) (at most kRowsPerTask) of head h: key blocks in the outer loop and 3-row register
-// tiles in the inner one, so each 128-key block of K^T and V (64 KB + 64 KB in bf16 at D = 128) is read from L2 by
-// every tile of the task instead of streaming the whole K/V from L3 once per tile (the difference at long canvases,
-// where one kv head's keys and values outgrow L2).
+// The query rows [i_begin, i_end) (at most kRowsPerTask) of head h: 64-key blocks in the outer loop and tiles of
+// up to kRows rows in the inner one, so each block of K^T and V is read from L2 into L1 once per task and every
+// tile of the task reuses it there.
 template <bool BF, int ND>
 void query_task(const AttentionParams& p, const void* kt, const void* vsrc, const float* madd, int64_t tkp,
                 int64_t b, int64_t h, int64_t i_begin, int64_t i_end) {
@@ -205,18 +203,19 @@ void query_task(const AttentionParams& p, const void* kt, const void* vsrc, cons
     m[r] = kNegInf;
     l[r] = 0.f;
   }
-  for (int64_t kb = 0; kb < tkp; kb += 128) {
-    const int nv = static_cast<int>(std::min<int64_t>(tkp - kb, 128) / 16);
+  using Block = void (*)(int, const void*, const void*, int64_t, const void*, int64_t, int64_t, const float*,
+                         int64_t, float*, float*, float*, float);
+  static constexpr Block by_rows[kRows + 1] = {nullptr,
+                                               key_block_nv<BF, 1, ND>, key_block_nv<BF, 2, ND>,
+                                               key_block_nv<BF, 3, ND>, key_block_nv<BF, 4, ND>,
+                                               key_block_nv<BF, 5, ND>, key_block_nv<BF, 6, ND>};
+  for (int64_t kb = 0; kb < tkp; kb += kKeys) {
+    const int nv = static_cast<int>(std::min<int64_t>(tkp - kb, kKeys) / 16);
     for (int i = 0; i < n; i += kRows) {
       const void* qi = BF ? static_cast<const void*>(reinterpret_cast<const uint16_t*>(qf) + i * D)
                           : static_cast<const void*>(qf + i * D);
-      const int rows = n - i;
-      if (rows >= 3)
-        rows_block_nv<BF, 3, ND>(nv, qi, kt, tkp, vsrc, p.v_st, p.Tk, madd, kb, m + i, l + i, om + i * D, p.scale);
-      else if (rows == 2)
-        rows_block_nv<BF, 2, ND>(nv, qi, kt, tkp, vsrc, p.v_st, p.Tk, madd, kb, m + i, l + i, om + i * D, p.scale);
-      else
-        rows_block_nv<BF, 1, ND>(nv, qi, kt, tkp, vsrc, p.v_st, p.Tk, madd, kb, m + i, l + i, om + i * D, p.scale);
+      by_rows[std::min(n - i, kRows)](nv, qi, kt, tkp, vsrc, p.v_st, p.Tk, madd, kb, m + i, l + i, om + i * D,
+                                      p.scale);
     }
   }
   for (int r = 0; r < n; ++r) {
