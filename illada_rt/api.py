@@ -8,7 +8,7 @@ import torch
 
 from .checkpoint import WeightStore
 from .config import ModelConfig, read_config
-from . import hub, scoring
+from . import hub, ops, scoring
 from .decoding import generate_fast, generate_llada, generate_varlen
 from .decoding.noise import RowNoise, is_seed, row_seeds
 from .decoding.params import check_decoding_args
@@ -400,6 +400,8 @@ def load(path=None, device="cpu", dtype=None, mask_token_id: int | None = None, 
         raise ConfigError(f"{directory}: checkpoint directory does not exist")
     cfg = read_config(directory, strict=strict)
     dev = _resolve_device(device)
+    if dev.type == "cpu":
+        ops.retain_freed_memory()  # decoding steps reuse the heap memory they free (no page faults per step)
     tokenizer = load_tokenizer(directory)
     mask_id = _resolve_mask_id(cfg, directory, tokenizer, mask_token_id)
     store = WeightStore(directory)

@@ -172,3 +172,47 @@ def test_quantized_model_packs_into_its_arena_and_runs_alike(source, tmp_path, m
     monkeypatch.setattr(ops.WeightArena, "available", staticmethod(lambda: False))
     plain = illada_rt.load(dst)
     assert torch.equal(model.forward(ids), plain.forward(ids))
+
+
+_STEP_ALLOCATIONS = """
+import resource, sys, torch
+if sys.argv[1] == "load":
+    import illada_rt
+    illada_rt.load(sys.argv[2])  # a CPU model: retain_freed_memory applies (ILLADA_RT_MALLOC permitting)
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+sizes = [1 << 20, 6 << 20, 3 << 20, 12 << 20, 2 << 20]  # a step's buffers: activations, logits, GEMM outputs
+def step():
+    buffers = [torch.empty(s, dtype=torch.uint8).fill_(1) for s in sizes]
+    del buffers
+step(), step()
+before = faults()
+for _ in range(20):
+    step()
+print(faults() - before)
+"""
+
+
+@pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="the malloc settings are glibc's")
+@pytest.mark.parametrize("env,retained", [({}, True), ({"ILLADA_RT_MALLOC": "system"}, False)])
+def test_decoding_steps_reuse_the_memory_they_free(source, env, retained):
+    """After illada_rt.load, buffers a step frees are reused by the next step without page faults; with glibc's
+    default (ILLADA_RT_MALLOC=system) the same pattern faults thousands of pages back in every time."""
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", _STEP_ALLOCATIONS, "load", str(source)], capture_output=True,
+                         text=True, env={**os.environ, **env}, timeout=300)
+    assert run.returncode == 0, run.stderr
+    faults = int(run.stdout.split()[-1])
+    assert (faults < 100) if retained else (faults > 1000), faults
+
+
+def test_malloc_choice_is_checked(monkeypatch):
+    monkeypatch.setenv("ILLADA_RT_MALLOC", "jemalloc")
+    ops.retain_freed_memory.cache_clear()
+    try:
+        with pytest.raises(ValueError, match="ILLADA_RT_MALLOC must be retain or system"):
+            ops.retain_freed_memory()
+    finally:
+        ops.retain_freed_memory.cache_clear()
