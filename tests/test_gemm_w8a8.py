@@ -9,8 +9,10 @@ from illada_rt.ops import reference
 
 _C = pytest.importorskip("illada_rt._C")
 ISAS = ops.cpu_isas()
+# (7, 48, 4096): 16 K blocks of the small-M kernel; (17, 20, 1100) and (40, 70, 2500): 2 and 3 K blocks (the last
+# one partial) of the larger-M one (gemm_w8a8_avx512.cpp)
 SHAPES = [(1, 1, 1), (1, 16, 4), (33, 100, 37), (100, 17, 64), (7, 48, 4096), (6, 64, 256), (97, 130, 300),
-          (200, 33, 129), (0, 16, 8), (5, 0, 8), (4, 16, 0)]
+          (200, 33, 129), (17, 20, 1100), (40, 70, 2500), (0, 16, 8), (5, 0, 8), (4, 16, 0)]
 
 
 def _rand_i8(*shape, seed=0):
@@ -47,10 +49,11 @@ def test_int32_accumulators_are_exact(isa, M, N, K):
     assert torch.equal(out, reference.int_matmul_nt(a, w))
 
 
-def test_extreme_values_do_not_overflow_or_saturate():
+@pytest.mark.parametrize("M", [7, 20])
+def test_extreme_values_do_not_overflow_or_saturate(M):
     """|q| = 127 against w = -128 everywhere, K = 8192: sums of 2^23 magnitude stay exact in every variant
-    (vpmaddwd pairs and vpdpbusd's unsigned shift included)."""
-    K, N, M = 8192, 32, 7
+    (vpmaddwd pairs and vpdpbusd's unsigned shift included), carried across K blocks of either size."""
+    K, N = 8192, 32
     w = torch.full((N, K), -128, dtype=torch.int8)
     w[1::2] = 127
     a = torch.full((M, K), 127, dtype=torch.int8)
@@ -83,7 +86,8 @@ def test_quantize_rows_matches_reference(dtype, isa):
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("x_dtype,out_dtype", [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16),
                                                (torch.bfloat16, torch.float32), (torch.float32, torch.bfloat16)])
-@pytest.mark.parametrize("M,N,K", [(1, 16, 64), (33, 100, 37), (3, 65, 200), (64, 48, 1024), (0, 16, 8)])
+@pytest.mark.parametrize("M,N,K", [(1, 16, 64), (33, 100, 37), (3, 65, 200), (64, 48, 1024), (40, 70, 2500),
+                                   (0, 16, 8)])
 def test_linear_w8a8_matches_reference_exactly(isa, x_dtype, out_dtype, M, N, K):
     g = torch.Generator().manual_seed(M * 7 + N)
     x = torch.randn(M, K, generator=g).to(x_dtype)
