@@ -166,3 +166,26 @@ def test_reference_kernel_mode_gives_same_tokens(checkpoints, monkeypatch):
     assert illada_rt.capabilities()["kernels"]["select_confident"]["cpu"] == "reference"
     b = m.generate(prompt, gen_length=16, steps=8, block_length=8).tokens
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("conf_dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n_candidates", [0, 3, 9, 16, 24])
+def test_greedy_proposals_sample_only_candidate_rows(conf_dtype, n_candidates):
+    """propose with candidates: the candidate rows get what sampling every row gives them, bit for bit, whether the
+    rows are gathered (few candidates) or not (many); the others get x0 = -1 and confidence -inf."""
+    from illada_rt.decoding.llada import propose
+    from illada_rt.decoding.noise import RowNoise
+
+    g = torch.Generator().manual_seed(n_candidates)
+    logits = (torch.randn(2, 16, 300, generator=g) * 3).to(torch.bfloat16)
+    candidates = torch.zeros(2 * 16, dtype=torch.bool)
+    candidates[torch.randperm(32, generator=g)[:n_candidates]] = True
+    candidates = candidates.view(2, 16)
+    positions = torch.arange(16).expand(2, 16)
+    noise = RowNoise([0, 1])
+    full_x0, full_conf = propose(logits, 0.0, "low_confidence", noise, positions, 299, conf_dtype)
+    x0, conf = propose(logits, 0.0, "low_confidence", noise, positions, 299, conf_dtype, candidates=candidates)
+    assert conf.dtype == conf_dtype and x0.shape == conf.shape == (2, 16)
+    assert torch.equal(x0[candidates], full_x0[candidates])
+    assert torch.equal(conf[candidates], full_conf[candidates])
+    assert (x0[~candidates] == -1).all() and (conf[~candidates] == float("-inf")).all()

@@ -66,10 +66,10 @@ def generate_fast(model, ids: torch.Tensor, attn: torch.Tensor, *, gen_length: i
     def transfer(logits, lo, hi, k_fixed):
         """Choose and write tokens of canvas columns [lo, hi) (candidates: their masks) from their logits."""
         nonlocal nfe
-        x0, conf = propose(logits, temperature, remasking, noise, canvas.positions[:, lo:hi], mask_id,
-                           conf_dtype=torch.float64)
         window = x[:, lo:hi]
         candidates = window == mask_id
+        x0, conf = propose(logits, temperature, remasking, noise, canvas.positions[:, lo:hi], mask_id,
+                           conf_dtype=torch.float64, candidates=candidates)
         noise.advance(candidates.any(dim=1))
         k = None
         if factor is not None:
