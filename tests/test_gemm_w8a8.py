@@ -249,6 +249,56 @@ def test_linear_w8a8_multi_argument_checks():
         _C.linear_w8a8_multi(x, [w.packed], [w.colsum], [w.scale], [torch.zeros(4, 15)])
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("swiglu", [False, True])
+def test_packed_handles_give_the_bits_of_the_tensor_arguments(isa, swiglu):
+    """linear_w8a8_packed (the weights checked once as _C.PackedW8A8, which the ops pass) against linear_w8a8_multi
+    and linear_w8a8 given the same weights as tensors: the same bits, one weight or several, with and without the
+    SwiGLU inside; the handle keeps the weight's memory alive after its tensors are gone."""
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(37, 72, generator=g).bfloat16()
+    up = torch.randn(37, 72, generator=g).bfloat16()
+    raw = [(torch.randint(-127, 128, (n, 72), dtype=torch.int8, generator=g), torch.rand(n, generator=g) * 1e-2)
+           for n in (33, 16, 5)]
+    ws = [ops.pack_int8_weight(w, s) for w, s in raw]
+    extra = {"up": up} if swiglu else {}
+    outs = [torch.full((37, w.N), 7.0, dtype=torch.bfloat16) for w in ws]
+    want = [torch.empty_like(o) for o in outs]
+    if not swiglu:
+        _C.linear_w8a8_multi(x, [w.packed for w in ws], [w.colsum for w in ws], [w.scale for w in ws], want, 2, isa)
+        handles = [w.handle for w in ws]
+    else:
+        for w, o in zip(ws, want):
+            _C.linear_w8a8(x, w.packed, w.colsum, w.scale, o, 2, isa, up=up)
+        handles = [ops.pack_int8_weight(w, s).handle for w, s in raw]  # whose tensors nobody else holds
+        outs = [torch.full_like(o, 7.0) for o in want]
+    for i, h in enumerate(handles):
+        assert (h.N, h.K) == (ws[i].N, 72)
+        _C.linear_w8a8_packed(x, [h], [outs[i]], 2, isa, **extra)
+        assert torch.equal(outs[i], want[i])
+    if not swiglu:
+        together = [torch.full_like(o, 7.0) for o in want]
+        _C.linear_w8a8_packed(x, handles, together, 2, isa)
+        assert all(torch.equal(a, b) for a, b in zip(together, want))
+
+
+def test_packed_handles_check_their_arguments():
+    w = ops.pack_int8_weight(torch.ones(16, 8, dtype=torch.int8), torch.ones(16))
+    x = torch.zeros(4, 8)
+    with pytest.raises((ValueError, TypeError), match="does not match x.shape"):
+        _C.linear_w8a8_packed(torch.zeros(4, 12), [w.handle], [torch.zeros(4, 16)])
+    with pytest.raises(TypeError, match=r"weights\[0\]: expected a PackedW8A8"):
+        _C.linear_w8a8_packed(x, [w.packed], [torch.zeros(4, 16)])
+    with pytest.raises((ValueError, TypeError), match=r"outs\[0\]: dimension 1"):
+        _C.linear_w8a8_packed(x, [w.handle], [torch.zeros(4, 15)])
+    with pytest.raises((ValueError, TypeError), match="one per weight"):
+        _C.linear_w8a8_packed(x, [w.handle] * 2, [torch.zeros(4, 16)])
+    with pytest.raises((ValueError, TypeError), match="packed: dimension 0"):
+        _C.PackedW8A8(w.packed, w.colsum, w.scale, 12)  # the packing was for K = 8
+    with pytest.raises((ValueError, TypeError), match="w_scale: expected dtype float32"):
+        _C.PackedW8A8(w.packed, w.colsum, w.scale.double(), 8)
+
+
 def test_linears_take_rows_of_any_rank():
     """The linear ops hand [B, T, K] activations to the kernels as they are (contiguous) or as copied rows (a slice
     of several canvases): the same numbers as the 2-D call either way, outputs shaped [B, T, N]."""

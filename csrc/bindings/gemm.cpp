@@ -160,6 +160,41 @@ constexpr const char* kWeightsNames[] = {"weights[0]", "weights[1]", "weights[2]
 constexpr const char* kOutsNames[] = {"outs[0]", "outs[1]", "outs[2]", "outs[3]"};
 static_assert(cpu::kMaxBf16Segments == 4 && cpu::kMaxW8A8Segments == 4, "one name per possible weight");
 
+// A packed int8 weight checked once: pack_w8's layout, its column sums and per-channel scales, for
+// linear_w8a8_packed, which takes these instead of three tensors per weight (a DLPack conversion costs about half a
+// microsecond, several per call at decoding's small M). The views' capsules keep the memory alive.
+struct PackedW8A8 {
+  TensorView packed, colsum, scale;
+  int64_t N = 0, K = 0;
+};
+
+PackedW8A8 make_packed_w8a8(py::handle packed_, py::handle colsum_, py::handle w_scale_, int64_t K) {
+  PackedW8A8 h;
+  h.packed = view(packed_, "packed");
+  h.colsum = view(colsum_, "colsum");
+  h.scale = view(w_scale_, "w_scale");
+  for (auto* v : {&h.packed, &h.colsum, &h.scale}) v->expect_cpu();
+  h.scale.expect_dtype({DType::f32});
+  h.scale.expect_rank(1);
+  h.scale.expect_contiguous();
+  ILLADA_CHECK(K >= 0, "K: expected K >= 0, got " << K);
+  h.N = h.scale.shape[0];
+  h.K = K;
+  check_packed(h.packed, h.colsum, h.N, cpu::round_up(K, 4));
+  return h;
+}
+
+// With up (x's dtype and shape): the input is swiglu(x, up), the down projection.
+TensorView set_swiglu_up(cpu::LinearW8A8Params& p, TensorView& x, const py::object& up_) {
+  TensorView up;
+  if (up_.is_none()) return up;
+  up = view(up_, "up");
+  up.expect_rows_like(x, "x");
+  p.up = up.data;
+  p.ldu = up.row_stride();
+  return up;
+}
+
 // x against several packed int8 weights (lists of packed, colsum, w_scale, out), x quantized once.
 void linear_w8a8_multi(py::handle x_, const py::sequence& packeds, const py::sequence& colsums,
                        const py::sequence& w_scales, const py::sequence& outs, int n_threads,
@@ -189,12 +224,52 @@ void linear_w8a8_multi(py::handle x_, const py::sequence& packeds, const py::seq
   p.x = x.data;
   p.x_is_bf16 = x.dtype == DType::bf16;
   p.ldx = x.row_stride();
-  if (!up_.is_none()) {  // the down projection of swiglu(x, up)
-    auto up = view(up_, "up");
-    up.expect_rows_like(x, "x");
-    p.up = up.data;
-    p.ldu = up.row_stride();
+  const TensorView up = set_swiglu_up(p, x, up_);
+  p.n_threads = threads_arg(n_threads);
+  const cpu::Isa isa = isa_arg(isa_name);
+  py::gil_scoped_release nogil;
+  cpu::linear_w8a8_segments(p, seg.data(), static_cast<int>(n), isa);
+}
+
+// linear_w8a8_multi against PackedW8A8 handles: only x, up and the outputs are converted per call.
+void linear_w8a8_packed(py::handle x_, const py::sequence& weights, const py::sequence& outs, int n_threads,
+                        const py::object& isa_name, const py::object& up_) {
+  const size_t n = weights.size();
+  ILLADA_CHECK(n >= 1 && n <= 4, "weights: expected 1 to 4 weights, got " << n);
+  ILLADA_CHECK(outs.size() == n, "outs: expected one per weight (" << n << "), got " << outs.size());
+  auto x = view(x_, "x");
+  x.expect_cpu();
+  x.expect_dtype({DType::f32, DType::bf16});
+  x.expect_rows();
+  x.expect_inner_contiguous();
+  cpu::LinearW8A8Params p{};
+  p.M = x.shape[0];
+  p.K = x.shape[1];
+  std::array<TensorView, 4> os;
+  std::array<cpu::W8A8Segment, 4> seg{};
+  for (size_t s = 0; s < n; ++s) {
+    ILLADA_CHECK_TYPE(py::isinstance<PackedW8A8>(weights[s]),
+                      kWeightsNames[s] << ": expected a PackedW8A8, got " << std::string(py::str(weights[s].get_type())));
+    const auto& w = weights[s].cast<const PackedW8A8&>();
+    ILLADA_CHECK(w.K == p.K, kWeightsNames[s] << ": K = " << w.K << " does not match x.shape[1] = " << p.K);
+    TensorView& out = os[s];
+    out = view(outs[s], kOutsNames[s]);
+    out.expect_cpu();
+    out.expect_dtype({DType::f32, DType::bf16});
+    out.expect_rows();
+    out.expect_dim(0, p.M, "x.shape[0]");
+    out.expect_dim(1, w.N, "the weight's N");
+    out.expect_inner_contiguous();
+    ILLADA_CHECK(s == 0 || (out.dtype == DType::bf16) == p.out_is_bf16,
+                 "outs: every output must have one dtype (outs[0] and outs[" << s << "] differ)");
+    p.out_is_bf16 = out.dtype == DType::bf16;
+    seg[s] = {w.packed.ptr<int8_t>(), w.colsum.ptr<int32_t>(), w.scale.ptr<float>(), w.N, out.data,
+              out.row_stride()};
   }
+  p.x = x.data;
+  p.x_is_bf16 = x.dtype == DType::bf16;
+  p.ldx = x.row_stride();
+  const TensorView up = set_swiglu_up(p, x, up_);
   p.n_threads = threads_arg(n_threads);
   const cpu::Isa isa = isa_arg(isa_name);
   py::gil_scoped_release nogil;
@@ -378,6 +453,15 @@ void register_gemm(py::module_& m) {
         py::arg("up") = py::none(),
         "linear_w8a8 for 1 to 4 weights sharing x (lists of packed, colsum, w_scale and outs): x quantized once; "
         "each output equals linear_w8a8 of its weight alone.");
+  py::class_<PackedW8A8>(m, "PackedW8A8",
+                         "A packed int8 weight (pack_w8's packed and colsum, float32 per-channel w_scale [N], the "
+                         "unpadded K) checked once, for linear_w8a8_packed; it keeps the tensors' memory alive.")
+      .def(py::init(&make_packed_w8a8), py::arg("packed"), py::arg("colsum"), py::arg("w_scale"), py::arg("K"))
+      .def_readonly("N", &PackedW8A8::N)
+      .def_readonly("K", &PackedW8A8::K);
+  m.def("linear_w8a8_packed", &linear_w8a8_packed, py::arg("x"), py::arg("weights"), py::arg("outs"),
+        py::arg("n_threads") = 1, py::arg("isa") = py::none(), py::arg("up") = py::none(),
+        "linear_w8a8_multi against 1 to 4 PackedW8A8 weights (the same bits), only x, up and outs converted.");
   m.def("task_ranges_probe", [](int64_t tasks, int n_threads, double slow_thread0_us) {
         ILLADA_CHECK(tasks >= 0 && tasks < (int64_t{1} << 32), "tasks: expected 0 <= tasks < 2^32, got " << tasks);
         n_threads = threads_arg(n_threads);

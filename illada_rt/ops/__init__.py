@@ -12,7 +12,7 @@ import mmap
 import os
 import platform
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -294,13 +294,15 @@ class Int8Weight:
 
     packed: int8 [round_up(N, 16) * round_up(K, 4)] (blocks of 16 channels, K in groups of 4), colsum: int32
     [round_up(N, 16)], scale: float32 [N]. `weight()` recovers the plain [N, K] int8 matrix (for the reference
-    path and other devices).
+    path and other devices). `handle`: the three checked once for the compiled kernel (_C.PackedW8A8), which then
+    converts only the activations and outputs per call; None without a build.
     """
     packed: torch.Tensor
     colsum: torch.Tensor
     scale: torch.Tensor
     N: int
     K: int
+    handle: object = field(default=None, compare=False, repr=False)
 
     def weight(self) -> torch.Tensor:
         Np, Kp = _round_up(self.N, 16), _round_up(self.K, 4)
@@ -487,7 +489,8 @@ def pack_int8_weight(weight: torch.Tensor, scale: torch.Tensor, arena: WeightAre
         full[:N, :K] = weight
         packed.copy_(full.view(Np // 16, 16, Kp // 4, 4).permute(0, 2, 1, 3).reshape(-1))
         colsum.copy_(full.int().sum(1))
-    return Int8Weight(packed, colsum, scale, N, K)
+    handle = _C.PackedW8A8(packed, colsum, scale, K) if _C is not None else None
+    return Int8Weight(packed, colsum, scale, N, K, handle)
 
 
 def linear_w8a8(x: torch.Tensor, w: Int8Weight, out_dtype: torch.dtype | None = None,
@@ -505,7 +508,10 @@ def linear_w8a8(x: torch.Tensor, w: Int8Weight, out_dtype: torch.dtype | None = 
         return reference.linear_w8a8(x, w.weight().to(x.device), w.scale.to(x.device), out_dtype)
     x2, lead = _gemm_rows(x)
     out = torch.empty((*lead, w.N), dtype=out_dtype)
-    _C.linear_w8a8(x2, w.packed, w.colsum, w.scale, out, _threads(), isa)
+    if w.handle is not None:
+        _C.linear_w8a8_packed(x2, (w.handle,), (out,), _threads(), isa)
+    else:
+        _C.linear_w8a8(x2, w.packed, w.colsum, w.scale, out, _threads(), isa)
     return out
 
 
@@ -525,7 +531,10 @@ def swiglu_linear_w8a8(gate: torch.Tensor, up: torch.Tensor, w: Int8Weight, out_
     g2, lead = _gemm_rows(gate)
     u2, _ = _gemm_rows(up)
     out = torch.empty((*lead, w.N), dtype=out_dtype)
-    _C.linear_w8a8(g2, w.packed, w.colsum, w.scale, out, _threads(), isa, up=u2)
+    if w.handle is not None:
+        _C.linear_w8a8_packed(g2, (w.handle,), (out,), _threads(), isa, up=u2)
+    else:
+        _C.linear_w8a8(g2, w.packed, w.colsum, w.scale, out, _threads(), isa, up=u2)
     return out
 
 
@@ -544,8 +553,12 @@ def linear_w8a8_multi(x: torch.Tensor, ws, out_dtype: torch.dtype | None = None,
         raise ValueError(f"x: last dimension {x.shape[-1]} does not match the weight's K = {ws[0].K}")
     x2, lead = _gemm_rows(x)
     outs = [torch.empty((*lead, w.N), dtype=out_dtype) for w in ws]
-    _C.linear_w8a8_multi(x2, [w.packed for w in ws], [w.colsum for w in ws], [w.scale for w in ws], outs, _threads(),
-                         isa)
+    handles = [w.handle for w in ws]
+    if None not in handles:
+        _C.linear_w8a8_packed(x2, handles, outs, _threads(), isa)
+    else:
+        _C.linear_w8a8_multi(x2, [w.packed for w in ws], [w.colsum for w in ws], [w.scale for w in ws], outs,
+                             _threads(), isa)
     return outs
 
 
