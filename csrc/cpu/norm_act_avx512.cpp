@@ -191,9 +191,11 @@ void rope_impl(const RopeParams& p) {
     }
     return !decltype(exact)::value && watch.seen();
   };
+  // heads innermost: a position's cos/sin rows are read once for all its heads (from L1), and the model's q and
+  // k ([B, T, H, D] buffers viewed as [B, H, T, D]) are walked in memory order
 #pragma omp parallel for num_threads(p.n_threads) schedule(static)
-  for (int64_t bht = 0; bht < p.B * p.H * p.T; ++bht) {
-    const int64_t b = bht / (p.H * p.T), h = bht / p.T % p.H, t = bht % p.T;
+  for (int64_t bth = 0; bth < p.B * p.T * p.H; ++bth) {
+    const int64_t b = bth / (p.T * p.H), t = bth / p.H % p.T, h = bth % p.H;
     SavedRow<T> saved;
     const T* xr = saved.keep(x + b * p.x_sb + h * p.x_sh + t * p.x_st, D, aliased && !exact_only);
     T* orow = out + b * p.o_sb + h * p.o_sh + t * p.o_st;
