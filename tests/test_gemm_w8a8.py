@@ -282,6 +282,15 @@ def test_packed_handles_give_the_bits_of_the_tensor_arguments(isa, swiglu):
         assert all(torch.equal(a, b) for a, b in zip(together, want))
 
 
+def test_an_int8_weight_built_without_its_handle_runs_alike():
+    w = ops.pack_int8_weight(torch.randint(-127, 128, (20, 40), dtype=torch.int8), torch.rand(20) * 1e-2)
+    bare = ops.Int8Weight(w.packed, w.colsum, w.scale, w.N, w.K)
+    x = torch.randn(5, 40).bfloat16()
+    assert bare.handle is None
+    assert torch.equal(ops.linear_w8a8(x, bare), ops.linear_w8a8(x, w))
+    assert all(torch.equal(a, b) for a, b in zip(ops.linear_w8a8_multi(x, [bare, w]), ops.linear_w8a8_multi(x, [w, w])))
+
+
 def test_packed_handles_check_their_arguments():
     w = ops.pack_int8_weight(torch.ones(16, 8, dtype=torch.int8), torch.ones(16))
     x = torch.zeros(4, 8)

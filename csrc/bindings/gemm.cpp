@@ -168,11 +168,13 @@ struct PackedW8A8 {
   int64_t N = 0, K = 0;
 };
 
-PackedW8A8 make_packed_w8a8(py::handle packed_, py::handle colsum_, py::handle w_scale_, int64_t K) {
+PackedW8A8 make_packed_w8a8(py::handle packed_, py::handle colsum_, py::handle w_scale_, int64_t K,
+                            const char* packed_name = "packed", const char* colsum_name = "colsum",
+                            const char* scale_name = "w_scale") {
   PackedW8A8 h;
-  h.packed = view(packed_, "packed");
-  h.colsum = view(colsum_, "colsum");
-  h.scale = view(w_scale_, "w_scale");
+  h.packed = view(packed_, packed_name);
+  h.colsum = view(colsum_, colsum_name);
+  h.scale = view(w_scale_, scale_name);
   for (auto* v : {&h.packed, &h.colsum, &h.scale}) v->expect_cpu();
   h.scale.expect_dtype({DType::f32});
   h.scale.expect_rank(1);
@@ -184,73 +186,26 @@ PackedW8A8 make_packed_w8a8(py::handle packed_, py::handle colsum_, py::handle w
   return h;
 }
 
-// With up (x's dtype and shape): the input is swiglu(x, up), the down projection.
-TensorView set_swiglu_up(cpu::LinearW8A8Params& p, TensorView& x, const py::object& up_) {
-  TensorView up;
-  if (up_.is_none()) return up;
-  up = view(up_, "up");
-  up.expect_rows_like(x, "x");
-  p.up = up.data;
-  p.ldu = up.row_stride();
-  return up;
-}
-
-// x against several packed int8 weights (lists of packed, colsum, w_scale, out), x quantized once.
-void linear_w8a8_multi(py::handle x_, const py::sequence& packeds, const py::sequence& colsums,
-                       const py::sequence& w_scales, const py::sequence& outs, int n_threads,
-                       const py::object& isa_name, const py::object& up_) {
-  const size_t n = packeds.size();
-  ILLADA_CHECK(n >= 1 && n <= 4, "packed: expected 1 to 4 weights, got " << n);
-  ILLADA_CHECK(colsums.size() == n && w_scales.size() == n && outs.size() == n,
-               "colsum, w_scale and outs: expected one per weight (" << n << "), got " << colsums.size() << ", "
-                                                                      << w_scales.size() << " and " << outs.size());
-  auto x = view(x_, "x");
-  cpu::LinearW8A8Params p{};
-  std::vector<cpu::W8A8Segment> seg(n);
-  for (size_t s = 0; s < n; ++s) {
-    auto packed = view(packeds[s], kPackedNames[s]), colsum = view(colsums[s], kColsumNames[s]),
-         ws = view(w_scales[s], kWScaleNames[s]), out = view(outs[s], kOutsNames[s]);
-    const auto [M, K, N] = check_linear(x, {DType::f32, DType::bf16}, ws, out);
-    packed.expect_cpu();
-    colsum.expect_cpu();
-    check_packed(packed, colsum, N, cpu::round_up(K, 4));
-    ILLADA_CHECK(s == 0 || (out.dtype == DType::bf16) == p.out_is_bf16,
-                 "outs: every output must have one dtype (outs[0] and outs[" << s << "] differ)");
-    p.M = M;
-    p.K = K;
-    p.out_is_bf16 = out.dtype == DType::bf16;
-    seg[s] = {packed.ptr<int8_t>(), colsum.ptr<int32_t>(), ws.ptr<float>(), N, out.data, out.row_stride()};
-  }
-  p.x = x.data;
-  p.x_is_bf16 = x.dtype == DType::bf16;
-  p.ldx = x.row_stride();
-  const TensorView up = set_swiglu_up(p, x, up_);
-  p.n_threads = threads_arg(n_threads);
-  const cpu::Isa isa = isa_arg(isa_name);
-  py::gil_scoped_release nogil;
-  cpu::linear_w8a8_segments(p, seg.data(), static_cast<int>(n), isa);
-}
-
-// linear_w8a8_multi against PackedW8A8 handles: only x, up and the outputs are converted per call.
-void linear_w8a8_packed(py::handle x_, const py::sequence& weights, const py::sequence& outs, int n_threads,
-                        const py::object& isa_name, const py::object& up_) {
-  const size_t n = weights.size();
-  ILLADA_CHECK(n >= 1 && n <= 4, "weights: expected 1 to 4 weights, got " << n);
-  ILLADA_CHECK(outs.size() == n, "outs: expected one per weight (" << n << "), got " << outs.size());
-  auto x = view(x_, "x");
+// x, a CPU float32/bfloat16 [rows, K] operand (viewed as rows).
+void expect_linear_x(TensorView& x) {
   x.expect_cpu();
   x.expect_dtype({DType::f32, DType::bf16});
   x.expect_rows();
   x.expect_inner_contiguous();
+}
+
+// x against n (1 to 4) checked weights, x quantized once: each output outs[s] checked against weight s, and with
+// up (x's dtype and shape) the input is swiglu(x, up), the down projection. What the W8A8 bindings share.
+void run_linear_w8a8(TensorView& x, const PackedW8A8* const* ws, size_t n, const py::sequence& outs, int n_threads,
+                     const py::object& isa_name, const py::object& up_) {
+  expect_linear_x(x);
   cpu::LinearW8A8Params p{};
   p.M = x.shape[0];
   p.K = x.shape[1];
   std::array<TensorView, 4> os;
   std::array<cpu::W8A8Segment, 4> seg{};
   for (size_t s = 0; s < n; ++s) {
-    ILLADA_CHECK_TYPE(py::isinstance<PackedW8A8>(weights[s]),
-                      kWeightsNames[s] << ": expected a PackedW8A8, got " << std::string(py::str(weights[s].get_type())));
-    const auto& w = weights[s].cast<const PackedW8A8&>();
+    const PackedW8A8& w = *ws[s];
     ILLADA_CHECK(w.K == p.K, kWeightsNames[s] << ": K = " << w.K << " does not match x.shape[1] = " << p.K);
     TensorView& out = os[s];
     out = view(outs[s], kOutsNames[s]);
@@ -269,11 +224,54 @@ void linear_w8a8_packed(py::handle x_, const py::sequence& weights, const py::se
   p.x = x.data;
   p.x_is_bf16 = x.dtype == DType::bf16;
   p.ldx = x.row_stride();
-  const TensorView up = set_swiglu_up(p, x, up_);
+  TensorView up;  // (its capsule lives until the call returns)
+  if (!up_.is_none()) {
+    up = view(up_, "up");
+    up.expect_rows_like(x, "x");
+    p.up = up.data;
+    p.ldu = up.row_stride();
+  }
   p.n_threads = threads_arg(n_threads);
   const cpu::Isa isa = isa_arg(isa_name);
   py::gil_scoped_release nogil;
   cpu::linear_w8a8_segments(p, seg.data(), static_cast<int>(n), isa);
+}
+
+// x against several packed int8 weights given as tensors (lists of packed, colsum, w_scale, out).
+void linear_w8a8_multi(py::handle x_, const py::sequence& packeds, const py::sequence& colsums,
+                       const py::sequence& w_scales, const py::sequence& outs, int n_threads,
+                       const py::object& isa_name, const py::object& up_) {
+  const size_t n = packeds.size();
+  ILLADA_CHECK(n >= 1 && n <= 4, "packed: expected 1 to 4 weights, got " << n);
+  ILLADA_CHECK(colsums.size() == n && w_scales.size() == n && outs.size() == n,
+               "colsum, w_scale and outs: expected one per weight (" << n << "), got " << colsums.size() << ", "
+                                                                      << w_scales.size() << " and " << outs.size());
+  auto x = view(x_, "x");
+  expect_linear_x(x);
+  std::array<PackedW8A8, 4> ws;
+  std::array<const PackedW8A8*, 4> ptrs{};
+  for (size_t s = 0; s < n; ++s) {
+    ws[s] = make_packed_w8a8(packeds[s], colsums[s], w_scales[s], x.shape[1], kPackedNames[s], kColsumNames[s],
+                             kWScaleNames[s]);
+    ptrs[s] = &ws[s];
+  }
+  run_linear_w8a8(x, ptrs.data(), n, outs, n_threads, isa_name, up_);
+}
+
+// The same against PackedW8A8 handles: only x, up and the outputs are converted per call.
+void linear_w8a8_packed(py::handle x_, const py::sequence& weights, const py::sequence& outs, int n_threads,
+                        const py::object& isa_name, const py::object& up_) {
+  const size_t n = weights.size();
+  ILLADA_CHECK(n >= 1 && n <= 4, "weights: expected 1 to 4 weights, got " << n);
+  ILLADA_CHECK(outs.size() == n, "outs: expected one per weight (" << n << "), got " << outs.size());
+  auto x = view(x_, "x");
+  std::array<const PackedW8A8*, 4> ptrs{};
+  for (size_t s = 0; s < n; ++s) {
+    ILLADA_CHECK_TYPE(py::isinstance<PackedW8A8>(weights[s]),
+                      kWeightsNames[s] << ": expected a PackedW8A8, got " << std::string(py::str(weights[s].get_type())));
+    ptrs[s] = &weights[s].cast<const PackedW8A8&>();
+  }
+  run_linear_w8a8(x, ptrs.data(), n, outs, n_threads, isa_name, up_);
 }
 
 void linear_w8a8(py::handle x_, py::handle packed_, py::handle colsum_, py::handle w_scale_, py::handle out_,
@@ -456,7 +454,10 @@ void register_gemm(py::module_& m) {
   py::class_<PackedW8A8>(m, "PackedW8A8",
                          "A packed int8 weight (pack_w8's packed and colsum, float32 per-channel w_scale [N], the "
                          "unpadded K) checked once, for linear_w8a8_packed; it keeps the tensors' memory alive.")
-      .def(py::init(&make_packed_w8a8), py::arg("packed"), py::arg("colsum"), py::arg("w_scale"), py::arg("K"))
+      .def(py::init([](py::handle packed, py::handle colsum, py::handle w_scale, int64_t K) {
+             return make_packed_w8a8(packed, colsum, w_scale, K);
+           }),
+           py::arg("packed"), py::arg("colsum"), py::arg("w_scale"), py::arg("K"))
       .def_readonly("N", &PackedW8A8::N)
       .def_readonly("K", &PackedW8A8::K);
   m.def("linear_w8a8_packed", &linear_w8a8_packed, py::arg("x"), py::arg("weights"), py::arg("outs"),

@@ -493,6 +493,12 @@ def pack_int8_weight(weight: torch.Tensor, scale: torch.Tensor, arena: WeightAre
     return Int8Weight(packed, colsum, scale, N, K, handle)
 
 
+def _w8a8_handle(w: Int8Weight):
+    """The weight as the compiled linears take it (pack_int8_weight makes it once; an Int8Weight built by hand
+    gets one per call)."""
+    return w.handle if w.handle is not None else _C.PackedW8A8(w.packed, w.colsum, w.scale, w.K)
+
+
 def linear_w8a8(x: torch.Tensor, w: Int8Weight, out_dtype: torch.dtype | None = None,
                 isa: str | None = None) -> torch.Tensor:
     """x [..., K] float32/bfloat16 -> [..., N] (out_dtype, default x's dtype): activations quantized per token
@@ -508,10 +514,7 @@ def linear_w8a8(x: torch.Tensor, w: Int8Weight, out_dtype: torch.dtype | None = 
         return reference.linear_w8a8(x, w.weight().to(x.device), w.scale.to(x.device), out_dtype)
     x2, lead = _gemm_rows(x)
     out = torch.empty((*lead, w.N), dtype=out_dtype)
-    if w.handle is not None:
-        _C.linear_w8a8_packed(x2, (w.handle,), (out,), _threads(), isa)
-    else:
-        _C.linear_w8a8(x2, w.packed, w.colsum, w.scale, out, _threads(), isa)
+    _C.linear_w8a8_packed(x2, (_w8a8_handle(w),), (out,), _threads(), isa)
     return out
 
 
@@ -531,10 +534,7 @@ def swiglu_linear_w8a8(gate: torch.Tensor, up: torch.Tensor, w: Int8Weight, out_
     g2, lead = _gemm_rows(gate)
     u2, _ = _gemm_rows(up)
     out = torch.empty((*lead, w.N), dtype=out_dtype)
-    if w.handle is not None:
-        _C.linear_w8a8_packed(g2, (w.handle,), (out,), _threads(), isa, up=u2)
-    else:
-        _C.linear_w8a8(g2, w.packed, w.colsum, w.scale, out, _threads(), isa, up=u2)
+    _C.linear_w8a8_packed(g2, (_w8a8_handle(w),), (out,), _threads(), isa, up=u2)
     return out
 
 
@@ -553,12 +553,7 @@ def linear_w8a8_multi(x: torch.Tensor, ws, out_dtype: torch.dtype | None = None,
         raise ValueError(f"x: last dimension {x.shape[-1]} does not match the weight's K = {ws[0].K}")
     x2, lead = _gemm_rows(x)
     outs = [torch.empty((*lead, w.N), dtype=out_dtype) for w in ws]
-    handles = [w.handle for w in ws]
-    if None not in handles:
-        _C.linear_w8a8_packed(x2, handles, outs, _threads(), isa)
-    else:
-        _C.linear_w8a8_multi(x2, [w.packed for w in ws], [w.colsum for w in ws], [w.scale for w in ws], outs,
-                             _threads(), isa)
+    _C.linear_w8a8_packed(x2, [_w8a8_handle(w) for w in ws], outs, _threads(), isa)
     return outs
 
 
