@@ -6,18 +6,14 @@ can flip it).
 """
 from __future__ import annotations
 
-import ctypes
-import functools
-import mmap
 import os
-import platform
-import weakref
 from dataclasses import dataclass, field
 
 import torch
 
 from . import cuda as _cuda
 from . import reference
+from .memory import WeightArena, retain_freed_memory, round_up as _round_up, weight_memory  # noqa: F401
 
 try:  # the compiled CPU kernels; absent only in a broken or source-only install
     from .. import _C  # type: ignore[attr-defined]
@@ -310,10 +306,6 @@ class Int8Weight:
         return blocks[:self.N, :self.K].contiguous()
 
 
-def _round_up(v: int, m: int) -> int:
-    return (v + m - 1) // m * m
-
-
 def _check_quantized_weight(weight, scale, dtype: torch.dtype) -> tuple[int, int, torch.Tensor]:
     """(N, K, float32 contiguous per-channel scale) of a 2-D weight of `dtype`, or a ValueError naming the problem."""
     if not isinstance(weight, torch.Tensor) or weight.dtype != dtype or weight.dim() != 2:
@@ -361,125 +353,12 @@ def linear_bf16(x: torch.Tensor, weights, isa: str | None = None, force: bool = 
     return outs
 
 
-# glibc mallopt parameters (malloc.h)
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
-_MALLOC_SETTINGS = {_M_MMAP_THRESHOLD: 32 << 20, _M_TRIM_THRESHOLD: 128 << 20, _M_TOP_PAD: 16 << 20}
-
-
-@functools.lru_cache(maxsize=None)
-def retain_freed_memory() -> bool:
-    """Have glibc's malloc keep the memory a decoding step frees for the next step instead of handing it back to the
-    OS (allocations up to 32 MiB come from the heap, which grows 16 MiB at a time and keeps up to 128 MiB free at
-    its top). A forward allocates and frees its activations, logits and GEMM outputs, megabytes per layer at a
-    canvas's M; with glibc's default, freed blocks at the top of the heap or above its adaptive mmap threshold go
-    back to the OS, and every step faults them in again as fresh zeroed pages (an exact int8 decode of the 176M
-    bench model took 20,000-60,000 page faults, 0.02-0.19 s of system time, on the AMD EPYC; none with these).
-    Process-wide and once per process (illada_rt.load calls it for CPU models); ILLADA_RT_MALLOC=system keeps
-    glibc's defaults. Returns whether the settings were applied (glibc only)."""
-    choice = os.environ.get("ILLADA_RT_MALLOC", "retain").strip().lower() or "retain"
-    if choice not in ("retain", "system"):
-        raise ValueError(f"ILLADA_RT_MALLOC must be retain or system, got {choice!r}")
-    if choice == "system" or platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # pragma: no cover - glibc under another soname
-        return False
-    return all(libc.mallopt(param, value) == 1 for param, value in _MALLOC_SETTINGS.items())
-
-
-class WeightArena:
-    """Memory for one model's linear weights on CPU (the packed int8/fp8 ones, and the dense ones that
-    illada_rt.load(huge_pages=True) copies): mappings of CHUNK bytes (or one per larger weight), each starting on a
-    2 MiB boundary and advised for transparent huge pages where the OS offers them (Linux, THP in "madvise" or
-    "always" mode), handed out in order, so one layer's weights lie side by side.
-
-    Why: at decoding's small M the GEMMs stream every weight from DRAM once per forward, and with 4 KiB pages each
-    64 KiB panel of int8 weights crosses 16 pages the hardware prefetchers stop at and the TLB misses on. Packed
-    into huge pages, a 176M-model layer's W8A8 GEMMs at M = 32 ran 9% faster and the dual-cache int8 decode of the
-    bench 4-6%, the dense bf16 dual-cache decode 4-6% too (AMD EPYC Zen 5, 2 threads, in-process A/B against the
-    same weights in 4 KiB pages). The weights are written once, by the packing or the copy, so the pages are
-    faulted in as huge pages from the start.
-
-    Each tensor handed out is a view that keeps its mapping alive: a mapping is unmapped when the last weight in it
-    is gone and this arena has moved on from it. Unused space is never touched, so costs no memory beyond at most
-    one huge page per mapping. Small requests (under SMALL bytes), and every request where the OS has no THP
-    advice, get ordinary torch.empty memory."""
-
-    CHUNK = 64 << 20
-    SMALL = 256 << 10
-    HUGE = 2 << 20
-
-    def __init__(self) -> None:
-        self._base: torch.Tensor | None = None  # the current mapping as uint8, from its first 2 MiB boundary
-        self._used = 0
-        self.mappings: list[weakref.ref] = []  # each mapping made, alive while a weight in it is
-
-    @staticmethod
-    def available() -> bool:
-        return hasattr(mmap, "MADV_HUGEPAGE")
-
-    @staticmethod
-    def huge_pages_offered() -> bool:
-        """The OS gives huge pages to memory that asks for them (Linux THP in "always" or "madvise" mode)."""
-        return WeightArena.available() and "[never]" not in _thp_mode()
-
-    def _map(self, nbytes: int) -> torch.Tensor:
-        size = _round_up(nbytes, self.HUGE) + self.HUGE  # room to start on a 2 MiB boundary
-        # private: a shared anonymous map is shmem, whose huge pages follow another setting (shmem_enabled)
-        m = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-        try:
-            m.madvise(mmap.MADV_HUGEPAGE)
-        except OSError:  # a kernel without THP: ordinary pages, same layout
-            pass
-        whole = torch.frombuffer(m, dtype=torch.uint8)  # keeps m alive as long as any view of it lives
-        skip = -whole.data_ptr() % self.HUGE
-        self.mappings.append(weakref.ref(m))
-        return whole[skip:skip + size - self.HUGE]
-
-    def empty(self, numel: int, dtype: torch.dtype) -> torch.Tensor:
-        """An uninitialised 1-D tensor of numel elements, 4 KiB aligned."""
-        nbytes = numel * torch.empty((), dtype=dtype).element_size()
-        if nbytes < self.SMALL or not self.available():
-            return torch.empty(numel, dtype=dtype)
-        start = _round_up(self._used, 4096)
-        if self._base is None or start + nbytes > self._base.numel():
-            if nbytes > self.CHUNK // 2:  # a large weight gets a mapping of its own; the current one stays open
-                return self._map(nbytes)[:nbytes].view(dtype)
-            self._base, start = self._map(self.CHUNK), 0
-        self._used = start + nbytes
-        return self._base[start:start + nbytes].view(dtype)
-
-    def copy_of(self, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """A dense CPU weight converted to dtype: into this arena where that pays (at least SMALL bytes, the OS
-        offering huge pages), in one pass; else t.to(dtype), a view of t when it already has that dtype."""
-        if t.numel() * torch.empty((), dtype=dtype).element_size() < self.SMALL or not self.huge_pages_offered():
-            return t.to(dtype=dtype)
-        c = self.empty(t.numel(), dtype).view(t.shape)
-        c.copy_(t)
-        return c
-
-
-@functools.lru_cache(maxsize=None)
-def _thp_mode() -> str:
-    """Linux's transparent-huge-page mode line ("always [madvise] never"), or "[never]" where there is none."""
-    try:
-        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
-            return f.read()
-    except OSError:
-        return "[never]"
-
-
-def _weight_memory(arena: WeightArena | None, numel: int, dtype: torch.dtype) -> torch.Tensor:
-    return arena.empty(numel, dtype) if arena is not None else torch.empty(numel, dtype=dtype)
-
-
 def pack_int8_weight(weight: torch.Tensor, scale: torch.Tensor, arena: WeightArena | None = None) -> Int8Weight:
     """weight [N, K] int8 (CPU), scale [N] (per output channel) -> Int8Weight; the packed copy in `arena`'s memory
     when one is given (a model's loader passes its own), else torch.empty's."""
     N, K, scale = _check_quantized_weight(weight, scale, torch.int8)
     numel = _round_up(N, 16) * _round_up(K, 4)
-    packed = _weight_memory(arena, numel, torch.int8)
+    packed = weight_memory(arena, numel, torch.int8)
     colsum = torch.empty(_round_up(N, 16), dtype=torch.int32)
     if _C is not None:
         _C.pack_w8(weight.cpu().contiguous(), packed, colsum, _threads())
@@ -583,7 +462,7 @@ def pack_fp8_weight(weight: torch.Tensor, scale: torch.Tensor, arena: WeightAren
     if _C is None:  # pragma: no cover - only without a build
         raise RuntimeError("the compiled module illada_rt._C is missing")
     numel = _round_up(N, 16) * _round_up(K, 2)
-    packed = _weight_memory(arena, numel, torch.uint8)
+    packed = weight_memory(arena, numel, torch.uint8)
     _C.pack_f8(weight.cpu().contiguous().view(torch.uint8), packed, _threads())
     return Fp8Weight(packed, scale, N, K)
 
