@@ -140,7 +140,7 @@ def profile():
     with count_flops() as flops:  # the timers wrap the counters
         for category, names in CATEGORIES.items():
             for name in names:
-                wrap(model_mod if name in ("linear", "linears", "swiglu_linear") else ops, name, category)
+                wrap(model_mod if name in CATEGORIES["gemm"] else ops, name, category)
         start = time.perf_counter()
         try:
             yield out
