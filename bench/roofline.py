@@ -2,7 +2,8 @@
 time they would take at this machine's measured GEMM rates.
 
 - FLOPs are counted by wrapping the model's linear (2 M N K for every GEMM, the LM head included, on the rows it
-  runs on) and ops.attention (4 B Hq Tq Tk D: scores and P.V), during one untimed run of the same decode.
+  runs on) and ops.attention (4 B Hq Tq Tk D: scores and P.V), or its compiled layer stack (the same sums over every
+  block), during one untimed run of the same decode.
 - Peaks are measured in the same run at a large shape: PyTorch's bf16 matmul and torch._int_mm (M = 1024,
   K = N = 4096), the rates a user's PyTorch reaches on this CPU (oneDNN; AMX where the CPU has it).
 - The roofline time of a job is gemm_flops / gemm_peak + attention_flops / bf16_peak, the GEMM peak being the
@@ -16,8 +17,8 @@ import time
 
 import torch
 
+from illada_rt import _C, ops
 from illada_rt import model as model_mod
-from illada_rt import ops
 
 
 @contextlib.contextmanager
@@ -34,7 +35,7 @@ def count_flops():
             name = "+".join(sorted({getattr(w, "kernel", "torch") for w in ws}))
         counts["routes"][name] = counts["routes"].get(name, 0) + 1
     real_linear, real_linears, real_attention = model_mod.linear, model_mod.linears, ops.attention
-    real_swiglu_linear = model_mod.swiglu_linear
+    real_swiglu_linear, real_stack = model_mod.swiglu_linear, model_mod.layer_stack
 
     def linear(x, w):
         N, K = w.shape  # a tensor's or a QuantizedLinear's
@@ -57,13 +58,22 @@ def count_flops():
         counts["attention"] += 4 * B * H * Tq * k.shape[2] * D
         return real_attention(q, k, v, key_mask)
 
+    def layer_stack(stack, x, cos, sin, key_mask, cache, cache_from, timing=None):  # every block in one call
+        B, L = x.shape[:2]
+        T = L if cache is None or cache_from is None else cache.length
+        counts["gemm"] += 2 * B * L * stack.weights
+        counts["attention"] += stack.n_layers * 4 * B * stack.n_heads * L * T * stack.head_dim
+        for name, n in stack.routes.items():
+            counts["routes"][name] = counts["routes"].get(name, 0) + n
+        return real_stack(stack, x, cos, sin, key_mask, cache, cache_from, timing)
+
     model_mod.linear, model_mod.linears, model_mod.swiglu_linear = linear, linears, swiglu_linear
-    ops.attention = attention
+    model_mod.layer_stack, ops.attention = layer_stack, attention
     try:
         yield counts
     finally:
         model_mod.linear, model_mod.linears, model_mod.swiglu_linear = real_linear, real_linears, real_swiglu_linear
-        ops.attention = real_attention
+        model_mod.layer_stack, ops.attention = real_stack, real_attention
 
 
 @functools.lru_cache(maxsize=None)
@@ -137,10 +147,31 @@ def profile():
         setattr(owner, name, timed)
         patched.append((owner, name, real))
 
+    # the compiled layer stack times its own ops (_C.LAYER_STACK_OPS, the loop's op names; the copy of a step's keys
+    # and values into a cache of another layout counts as attention)
+    stack_category = {name: c for c, names in CATEGORIES.items() for name in names}
+    stack_category["kv_cache_write"] = "attention"
+
+    def stack_timed(real):
+        def timed(stack, x, cos, sin, key_mask, cache, cache_from, timing=None):
+            t = torch.zeros(len(_C.LAYER_STACK_OPS), 2, dtype=torch.float64)
+            try:
+                return real(stack, x, cos, sin, key_mask, cache, cache_from, t)
+            finally:
+                for name, (seconds, calls) in zip(_C.LAYER_STACK_OPS, t.tolist()):
+                    if calls:
+                        out[stack_category[name]] += seconds
+                        out["op_seconds"][name] = out["op_seconds"].get(name, 0.0) + seconds
+                        out["calls"][name] = out["calls"].get(name, 0) + int(calls)
+        return timed
+
     with count_flops() as flops:  # the timers wrap the counters
         for category, names in CATEGORIES.items():
             for name in names:
                 wrap(model_mod if name in CATEGORIES["gemm"] else ops, name, category)
+        real_stack = model_mod.layer_stack
+        model_mod.layer_stack = stack_timed(real_stack)
+        patched.append((model_mod, "layer_stack", real_stack))
         start = time.perf_counter()
         try:
             yield out

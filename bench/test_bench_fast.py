@@ -191,3 +191,33 @@ def test_profile_splits_a_decode_into_its_parts(models):
     assert abs(sum(prof[c] for c in CATEGORIES) + prof["python"] - prof["total"]) < 1e-9
     assert prof["gemm_flops"] == flops["gemm"]
     assert prof["calls"]["attention"] == out.nfe * m.config.n_layers  # every layer of every forward
+
+
+def test_flops_and_profile_through_the_layer_stack(tmp_path, monkeypatch):
+    """A model whose blocks run as one compiled call (head dim 64, int8): the counter gives the layer loop's FLOPs and
+    kernel routes, and the profile splits the stack's time into the loop's ops and categories."""
+    from illada_rt import _C, ops
+    from illada_rt.quantize import quantize_checkpoint
+    from illada_rt.synthetic import TinySpec, write_checkpoint
+
+    if _C is None or ops.cpu_isa() not in ("avx512", "amx"):
+        pytest.skip("the layer stack runs where the AVX-512 kernels do")
+    spec = TinySpec(d_model=256, n_heads=4, n_kv_heads=2, n_layers=2, mlp_hidden_size=344, vocab_size=301,
+                    mask_token_id=300, quiet_token=300, dtype="bfloat16", seed=7)
+    quantize_checkpoint(write_checkpoint(tmp_path / "bf16", spec), tmp_path / "int8", "int8", progress=False)
+    m = illada_rt.load(tmp_path / "int8")
+    prompt = torch.randint(1, 300, (1, 16), generator=torch.Generator().manual_seed(2))
+    kw = dict(gen_length=32, steps=8, block_length=16, cache="dual")
+    counts = {}
+    for mode in ("off", "auto"):
+        monkeypatch.setenv("ILLADA_RT_LAYER_STACK", mode)
+        with count_flops() as counts[mode]:
+            m.generate(prompt, **kw)
+    assert counts["off"] == counts["auto"] and counts["auto"]["gemm"] > 0
+    with profile() as prof:
+        out = m.generate(prompt, **kw)
+    assert all(prof[c] > 0 for c in CATEGORIES) and prof["python"] >= 0
+    assert prof["gemm_flops"] == counts["auto"]["gemm"]
+    assert prof["calls"]["attention"] == out.nfe * m.config.n_layers
+    assert prof["calls"]["swiglu_linear"] == out.nfe * m.config.n_layers
+    assert prof["calls"]["apply_rope"] == 2 * out.nfe * m.config.n_layers

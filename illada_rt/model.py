@@ -18,6 +18,8 @@ from .checkpoint import (FLOAT_DTYPES, WeightStore, check_layout_matches, global
                          layer_shapes)
 from .config import ModelConfig
 from .errors import CheckpointError
+from .ops.stack import CompiledLayers
+from .ops import stack as layer_stacks
 from .quant import SCHEMES, QuantizedLinear, QuantScheme, load_linear, read_scheme
 
 LINEARS = ("q", "k", "v", "o", "gate", "up", "down")
@@ -45,6 +47,30 @@ def swiglu_linear(gate: torch.Tensor, up: torch.Tensor, w: QuantizedLinear) -> t
 
 def swiglu_fuses(w) -> bool:
     return isinstance(w, QuantizedLinear) and w.kernel == "w8a8"
+
+
+def layer_stack(stack: CompiledLayers, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                key_mask: torch.Tensor | None, cache: KVCache | None, cache_from: int | None,
+                timing: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every block over the embeddings x [B, L, d] in one compiled call (ops/stack.py), as the layer loop in
+    Transformer.forward computes them, bit for bit: (h, down), the residual stream after the last block's attention
+    half and that block's MLP output. A cache is filled (cache_from None: fresh [B, Hkv, L, D] views of [B, L, Hkv, D]
+    buffers, the layout the loop's GEMMs leave) or updated at columns [cache_from, cache_from + L). timing: the
+    profile mode's per-op accumulator (_C.LAYER_STACK_OPS)."""
+    B, L, _ = x.shape
+    ks = vs = None
+    if cache is not None:
+        if cache_from is None:
+            Hkv, D = stack.n_kv_heads, stack.head_dim
+            for i in range(stack.n_layers):
+                cache.k[i] = torch.empty(B, L, Hkv, D, dtype=x.dtype).transpose(1, 2)
+                cache.v[i] = torch.empty(B, L, Hkv, D, dtype=x.dtype).transpose(1, 2)
+        ks, vs = cache.k, cache.v
+    h, down = torch.empty_like(x), torch.empty_like(x)
+    km = None if key_mask is None else key_mask.to(torch.bool).contiguous()
+    stack.handle.forward(x, h, down, cos.contiguous(), sin.contiguous(), km, ks, vs, cache_from or 0,
+                         stack.head_dim ** -0.5, max(1, torch.get_num_threads()), timing)
+    return h, down
 
 
 class KVCache:
@@ -206,6 +232,14 @@ class Transformer:
         load.check_all_read(cfg)
         load.release_again()
         self._rope = None  # (a copy of the positions or None, (T, device), cos, sin): see _rope_tables
+        self._stack: CompiledLayers | None | bool = False  # the blocks as one compiled call (built on first use)
+
+    def compiled_layers(self) -> CompiledLayers | None:
+        """The blocks checked once into a compiled layer stack (ops/stack.py), or None where some block cannot run
+        there (then every forward runs the layer loop)."""
+        if self._stack is False:
+            self._stack = layer_stacks.build(self.cfg, self.layers) if self.device.type == "cpu" else None
+        return self._stack
 
     def _rope_tables(self, positions: torch.Tensor | None, T: int, device: torch.device):
         """cos/sin of the whole canvas, [T, head_dim] or [B, T, head_dim]. A decode passes the same positions (or
@@ -270,7 +304,10 @@ class Transformer:
         H, Hkv, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         eps = cfg.rms_norm_eps
         down = None  # the previous block's MLP output, added to h together with the next norm (ops.add_rms_norm)
-        for i, w in enumerate(self.layers):
+        stack = self.compiled_layers() if self.device.type == "cpu" else None
+        if layer_stacks.usable(stack, h, D):
+            h, down = layer_stack(stack, h, cos, sin, key_mask, cache, cache_from)
+        for i, w in enumerate(self.layers if down is None else ()):
             if down is None:
                 n = ops.rms_norm(h, w.attn_norm, eps)
             else:

@@ -33,18 +33,9 @@ void attention(py::handle q_, py::handle k_, py::handle v_, py::handle out_, py:
   for (int d = 0; d < 4; ++d) out.expect_dim(d, q.shape[d], "q's shape");
   ILLADA_CHECK(std::isfinite(scale) && scale > 0, "scale: must be a positive number, got " << scale);
   cpu::AttentionParams p{};
-  TensorView km;
-  if (!key_mask_.is_none()) {
-    km = view(key_mask_, "key_mask");
-    km.expect_cpu();
-    km.expect_dtype({DType::boolean, DType::u8});
-    km.expect_rank(2);
-    km.expect_dim(0, B, "q.shape[0]");
-    km.expect_dim(1, Tk, "k.shape[2]");
-    km.expect_inner_contiguous();
-    p.key_mask = km.ptr<uint8_t>();
-    p.km_sb = km.row_stride();
-  }
+  const TensorView km = key_mask_view(key_mask_, B, Tk, "q.shape[0]", "k.shape[2]");
+  p.key_mask = km.ptr<uint8_t>();
+  p.km_sb = km.row_stride();
   p.q = q.data;
   p.k = k.data;
   p.v = v.data;

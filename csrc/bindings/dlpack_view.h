@@ -253,4 +253,18 @@ inline TensorView view(py::handle obj, const char* name, bool no_sync = false) {
   return v;
 }
 
+// An optional CPU key padding mask [B, Tk] of bool (or uint8), nonzero = attend: an empty view (null data) for None.
+inline TensorView key_mask_view(py::handle obj, int64_t B, int64_t Tk, const char* b_what, const char* tk_what) {
+  TensorView km;
+  if (obj.is_none()) return km;
+  km = view(obj, "key_mask");
+  km.expect_cpu();
+  km.expect_dtype({DType::boolean, DType::u8});
+  km.expect_rank(2);
+  km.expect_dim(0, B, b_what);
+  km.expect_dim(1, Tk, tk_what);
+  km.expect_inner_contiguous();
+  return km;
+}
+
 }  // namespace illada::bind

@@ -15,4 +15,5 @@ PYBIND11_MODULE(_C, m) {
   illada::bind::register_gemm(m);
   illada::bind::register_attention(m);
   illada::bind::register_norm_act(m);
+  illada::bind::register_layers(m);
 }

@@ -7,5 +7,6 @@ void register_sampling(pybind11::module_& m);
 void register_gemm(pybind11::module_& m);
 void register_attention(pybind11::module_& m);
 void register_norm_act(pybind11::module_& m);
+void register_layers(pybind11::module_& m);
 void register_cpu_features(pybind11::module_& m);
 }  // namespace illada::bind

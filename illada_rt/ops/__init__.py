@@ -166,6 +166,21 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     return reference.swiglu(gate, up)
 
 
+def _attention_mode() -> str:
+    mode = os.environ.get("ILLADA_RT_ATTENTION", "auto").strip().lower() or "auto"
+    if mode not in ("auto", "kernel", "torch"):
+        raise ValueError(f"ILLADA_RT_ATTENTION must be auto, kernel or torch, got {mode!r}")
+    return mode
+
+
+def attention_runs_kernel(dtype: torch.dtype, head_dim: int) -> bool:
+    """Whether CPU attention of CPU-kernel-eligible operands of this dtype and head dim runs the compiled kernel
+    (ILLADA_RT_ATTENTION: `kernel` always, `torch` never, `auto` for bf16 at head dim 64 or 128 on AVX-512)."""
+    mode = _attention_mode()
+    return mode == "kernel" or (mode == "auto" and dtype == torch.bfloat16 and head_dim in (64, 128)
+                                and cpu_isa() in ("avx512", "amx"))
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
               key_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Bidirectional attention, q [B, Hq, Tq, D], k/v [B, Hkv, Tk, D], key_mask [B, Tk] bool (True = attend).
@@ -174,9 +189,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     (bf16, head dim 64 or 128, AVX-512: scores with vdpbf16ps, GQA without repeating k/v) and SDPA otherwise;
     `kernel` forces the kernel (fp32 and other head dims too), `torch` forces SDPA. Returns a [B, Hq, Tq, D] view of
     a [B, Tq, Hq, D] buffer, the layout the model reshapes next."""
-    mode = os.environ.get("ILLADA_RT_ATTENTION", "auto").strip().lower() or "auto"
-    if mode not in ("auto", "kernel", "torch"):
-        raise ValueError(f"ILLADA_RT_ATTENTION must be auto, kernel or torch, got {mode!r}")
+    mode = _attention_mode()
     if (mode != "torch" and _cuda.attention_eligible(q, k, v)
             and (key_mask is None or tuple(key_mask.shape) == (q.shape[0], k.shape[2]))
             and use_cuda_kernel("attention", q, k, v, *(() if key_mask is None else (key_mask,)))):
@@ -184,8 +197,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     usable = (mode != "torch" and use_cpu_kernel(q, k, v) and q.dtype in (torch.float32, torch.bfloat16)
               and k.dtype == q.dtype and v.dtype == q.dtype and q.stride(-1) == 1 and k.stride(-1) == 1
               and v.stride(-1) == 1)
-    if usable and (mode == "kernel" or (q.dtype == torch.bfloat16 and q.shape[-1] in (64, 128)
-                                        and cpu_isa() in ("avx512", "amx"))):
+    if usable and attention_runs_kernel(q.dtype, q.shape[-1]):
         B, H, T, D = q.shape
         out = torch.empty(B, T, H, D, dtype=q.dtype).transpose(1, 2)
         km = None if key_mask is None else key_mask.to(torch.bool).contiguous()
