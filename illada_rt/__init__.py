@@ -49,6 +49,7 @@ def _attention_cuda(kernel_status: str) -> str:
 def capabilities() -> dict:
     """What this install has and what will run: compiled modules, CUDA archs and devices, kernel mode, CPU."""
     from . import ops
+    from .ops import stack
 
     status = ops.compiled_status()
     status["cuda_kernels"] = ops._cuda.status()
@@ -62,6 +63,11 @@ def capabilities() -> dict:
         "attention": {"cpu": _attention_cpu(status), "cuda": _attention_cuda(cuda["attention"])},
         "gemm (bf16 linears)": {"cpu": f"_C gemm_bf16 (avx512) up to {ops.BF16_GEMM_MAX_M} rows, torch above"
                                 if on_avx512 else "torch", "cuda": "torch"},
+        # a forward's transformer blocks in one compiled call where each op would run the compiled kernel (ops/stack.py)
+        "layer stack": {"cpu": (f"_C for bf16 compute with head dim 64/128 and every linear W8A8 or bf16 (up to "
+                                f"{ops.BF16_GEMM_MAX_M} rows), the Python layer loop otherwise"
+                                if stack.stack_mode() == "auto" else "off (ILLADA_RT_LAYER_STACK): the Python layer loop")
+                        if on_avx512 else "the Python layer loop", "cuda": "the Python layer loop"},
         # greedy sampling (argmax + confidence): the portable kernel is slower than PyTorch, which runs without AVX2
         "sample_greedy": {"cpu": f"_C ({status['cpu']['isa'].replace('amx', 'avx512')})"
                           if status["_C"] and status["kernel_mode"] == "auto"

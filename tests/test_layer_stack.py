@@ -209,3 +209,10 @@ def test_bad_layers_are_named(model):
             _C.LayerStack(layers, *args)
     with pytest.raises(ValueError, match="n_kv_heads"):
         _C.LayerStack([good], cfg.n_heads, 3, *args[2:])
+
+
+def test_capabilities_name_the_stack(monkeypatch):
+    caps = illada_rt.capabilities()["kernels"]["layer stack"]
+    assert caps["cpu"].startswith("_C for bf16") and caps["cuda"] == "the Python layer loop"
+    monkeypatch.setenv("ILLADA_RT_LAYER_STACK", "off")
+    assert illada_rt.capabilities()["kernels"]["layer stack"]["cpu"].startswith("off")
