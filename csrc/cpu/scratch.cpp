@@ -36,4 +36,11 @@ void* scratch(ScratchSlot slot, size_t bytes) {
   return slots.ptr[s];
 }
 
+void release_scratch(ScratchSlot slot) {
+  const int s = static_cast<int>(slot);
+  std::free(slots.ptr[s]);
+  slots.ptr[s] = nullptr;
+  slots.cap[s] = 0;
+}
+
 }  // namespace illada::cpu

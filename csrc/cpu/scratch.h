@@ -23,6 +23,10 @@ enum class ScratchSlot : int {
 // this thread.
 void* scratch(ScratchSlot slot, size_t bytes);
 
+// Frees a slot's memory on this thread (the next call for it allocates again): for a call that needed far more than
+// the usual, whose memory should not stay held while the thread idles.
+void release_scratch(ScratchSlot slot);
+
 template <class T>
 T* scratch_as(ScratchSlot slot, size_t n) {
   return static_cast<T*>(scratch(slot, n * sizeof(T)));
