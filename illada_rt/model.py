@@ -236,7 +236,9 @@ class Transformer:
 
     def compiled_layers(self) -> CompiledLayers | None:
         """The blocks checked once into a compiled layer stack (ops/stack.py), or None where some block cannot run
-        there (then every forward runs the layer loop)."""
+        there (then every forward runs the layer loop). Built at the first forward from the weights self.layers then
+        holds: the stack reads their memory, so a weight changed in place is seen, but a layer's weight replaced by
+        another object afterwards is not (set self._stack = False to build it again)."""
         if self._stack is False:
             self._stack = layer_stacks.build(self.cfg, self.layers) if self.device.type == "cpu" else None
         return self._stack
