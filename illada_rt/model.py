@@ -281,7 +281,8 @@ class Transformer:
     def forward(self, ids: torch.Tensor, key_mask: torch.Tensor | None = None,
                 positions: torch.Tensor | None = None, logits_from: int = 0,
                 logits_to: int | None = None, cache: KVCache | None = None,
-                cache_from: int | None = None, float_logits: bool = True) -> torch.Tensor:
+                cache_from: int | None = None, float_logits: bool = True,
+                logits_rows: torch.Tensor | None = None) -> torch.Tensor:
         """ids [B, L] int64 -> float32 logits [B, logits_to - logits_from, embedding_size] (float_logits=False:
         in the compute dtype, as the LM head gives them, for a reader that widens every value to float32 exactly
         as .float() would: the decoders' sampling kernels; this saves a pass and a fresh buffer of
@@ -293,6 +294,9 @@ class Transformer:
         otherwise go. With `cache` and cache_from=None the input is the whole canvas (T = L) and its
         keys/values fill the cache; with cache_from=s the input is canvas columns [s, s + L), which
         overwrite their cache slots, and attention runs over all T cached slots.
+        logits_rows [B, logits_to - logits_from] bool: only those cells' logits, [K, embedding_size] in row-major
+        order of the True cells (a decoder needs the still-masked cells only: with a head that computes rows
+        independently, the others never reach the final norm and the head).
         """
         cfg = self.cfg
         B, L = ids.shape
@@ -333,9 +337,29 @@ class Transformer:
             g, u = linears(m, (w.gate, w.up))
             down = swiglu_linear(g, u, w.down) if swiglu_fuses(w.down) else linear(ops.swiglu(g, u), w.down)
         rows = slice(logits_from, logits_to)  # only these rows reach the head: add the last residual there only
+        h, down = h[:, rows], (None if down is None else down[:, rows])
+        if logits_rows is not None and (logits_rows.dtype != torch.bool or logits_rows.shape != h.shape[:2]
+                                        or logits_rows.device != h.device):
+            raise ValueError(f"logits_rows: expected a bool tensor {tuple(h.shape[:2])} on {h.device} (the rows "
+                             f"logits_from:logits_to of each batch row), got {logits_rows.dtype} "
+                             f"{tuple(logits_rows.shape)} on {logits_rows.device}")
+        picked = logits_rows is not None and self._head_rows_independent(h)
+        if picked:  # only the rows asked for reach the final norm and the head
+            h, down = h[logits_rows], (None if down is None else down[logits_rows])
         if down is None:
-            h = ops.rms_norm(h[:, rows], self.final_norm, eps)
+            h = ops.rms_norm(h, self.final_norm, eps)
         else:
-            h = ops.add_rms_norm(h[:, rows], down[:, rows], self.final_norm, eps)[1]
+            h = ops.add_rms_norm(h, down, self.final_norm, eps)[1]
         logits = linear(h, self.head)
+        if logits_rows is not None and not picked:
+            logits = logits[logits_rows]
         return logits.float() if float_logits else logits
+
+    def _head_rows_independent(self, h: torch.Tensor) -> bool:
+        """Whether the LM head computes each of h's rows [B, n, d] alone, the same bits whichever other rows it runs
+        with: the W8A8 kernel (per-row quantization, exact int32 sums) and the compiled bf16 GEMM (a fixed
+        accumulation order per output). PyTorch's GEMMs may block by M and round differently: those heads run on
+        every row, and the rows asked for are picked from their logits."""
+        if isinstance(self.head, QuantizedLinear):
+            return self.head.kernel == "w8a8" and ops.w8a8_runs_kernel(h)
+        return ops.linear_bf16_route(h, [self.head]) == "gemm_bf16"

@@ -147,15 +147,20 @@ def test_lm_head_runs_only_on_the_block(checkpoints, monkeypatch):
 
     def spy(ids, key_mask=None, positions=None, logits_from=0, logits_to=None, **kw):
         out = orig(ids, key_mask, positions, logits_from, logits_to, **kw)
-        seen.append((ids.shape[1], out.shape[1]))
+        masked = x_masks(ids[:, logits_from:logits_to])
+        assert torch.equal(kw["logits_rows"], masked)
+        seen.append((ids.shape[1], logits_to - logits_from, out.shape[0], int(masked.sum())))
         return out
+
+    def x_masks(window):
+        return window == m.mask_token_id
 
     monkeypatch.setattr(m.transformer, "forward", spy)
     m.generate(_prompt(1, 10, seed=1), gen_length=32, steps=8, block_length=8)
-    # the whole canvas goes through the blocks; the head sees at most the block's 8 columns (fewer once
-    # the block's leading positions are filled)
-    assert len(seen) == 8 and all(T == 42 and 1 <= L <= 8 for T, L in seen)
-    assert seen[0][1] == 8
+    # the whole canvas goes through the blocks; the head is asked for the block's columns at most (fewer once the
+    # block's leading positions are filled), and of those for the still-masked cells only
+    assert len(seen) == 8 and all(T == 42 and 1 <= L <= 8 and K == masked for T, L, K, masked in seen)
+    assert seen[0][1:] == (8, 8, 8) and seen[-1][2] < 8
 
 
 def test_reference_kernel_mode_gives_same_tokens(checkpoints, monkeypatch):

@@ -20,7 +20,7 @@ import torch
 from .. import ops
 from ..model import KVCache
 from ..errors import DecodingError
-from .llada import end_rows, make_canvas, propose, schedule_steps, transfer_schedule
+from .llada import end_rows, make_canvas, propose_cells, schedule_steps, transfer_schedule
 from .noise import RowNoise
 
 def factor_counts(conf: torch.Tensor, candidates: torch.Tensor, factor: float) -> torch.Tensor:
@@ -63,13 +63,13 @@ def generate_fast(model, ids: torch.Tensor, attn: torch.Tensor, *, gen_length: i
     steps_per_block = steps // (gen_length // block_length)
     nfe = 0
 
-    def transfer(logits, lo, hi, k_fixed):
-        """Choose and write tokens of canvas columns [lo, hi) (candidates: their masks) from their logits."""
+    def transfer(logits, lo, hi, k_fixed, candidates):
+        """Choose and write tokens of canvas columns [lo, hi) from the logits of their candidates (their masks,
+        the cells the forward gave logits for: Transformer.forward's logits_rows)."""
         nonlocal nfe
         window = x[:, lo:hi]
-        candidates = window == mask_id
-        x0, conf = propose(logits, temperature, remasking, noise, canvas.positions[:, lo:hi], mask_id,
-                           conf_dtype=torch.float64, candidates=candidates)
+        x0, conf = propose_cells(logits, candidates, temperature, remasking, noise, canvas.positions[:, lo:hi],
+                                 mask_id, conf_dtype=torch.float64)
         noise.advance(candidates.any(dim=1))
         k = None
         if factor is not None:
@@ -105,13 +105,15 @@ def generate_fast(model, ids: torch.Tensor, attn: torch.Tensor, *, gen_length: i
                 # full canvas forward (fills the cache at a block start); candidates: masks left of the block end
                 open_cols = (x[:, :end] == mask_id).any(dim=0).nonzero()
                 lo = int(open_cols[0]) if open_cols.numel() else start
-                logits = tf.forward(x, key_mask, positions, lo, end, cache=kv, float_logits=False)
-                transfer(logits, lo, end, k_fixed)
+                cand = x[:, lo:end] == mask_id
+                logits = tf.forward(x, key_mask, positions, lo, end, cache=kv, float_logits=False, logits_rows=cand)
+                transfer(logits, lo, end, k_fixed, cand)
             else:
                 stop = T if cache == "prefix" else end
+                cand = x[:, start:end] == mask_id
                 logits = tf.forward(x[:, start:stop], key_mask, positions, 0, end - start, cache=kv,
-                                    cache_from=start, float_logits=False)
-                transfer(logits, start, end, k_fixed)
+                                    cache_from=start, float_logits=False, logits_rows=cand)
+                transfer(logits, start, end, k_fixed, cand)
             i += 1
             # Every forward fills at least one mask of each row that has one (the mask token is never a
             # prediction), so a block ends within its number of masks; anything else would spin forever.

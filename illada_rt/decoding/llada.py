@@ -92,38 +92,81 @@ def propose(logits: torch.Tensor, temperature: float, remasking: str, noise: Row
     B, L, V = logits.shape
     if logits.dtype != torch.float32 and not ops.sampling_kernel_reads(logits, temperature):
         logits = logits.float()  # bf16 logits go to the sampling kernel as they are (it widens them exactly)
+    greedy = None
     if temperature == 0 and remasking == "low_confidence":
-        x0, conf = _sample_greedy_rows(logits, conf_dtype, candidates)  # argmax and its softmax probability
+        greedy = _sample_greedy_rows(logits, conf_dtype, candidates)  # argmax and its softmax probability
+    rows = torch.arange(B, device=logits.device).repeat_interleave(L)
+    x0, conf = _propose_flat(logits.reshape(B * L, V), rows, positions.reshape(B * L), temperature, remasking, noise,
+                             mask_id, conf_dtype, None if greedy is None else (greedy[0].view(-1), greedy[1].view(-1)))
+    if conf is None:  # `random` remasking
+        return x0.view(B, L), noise.uniform(positions).to(conf_dtype)
+    return x0.view(B, L), conf.view(B, L)
+
+
+def propose_cells(logits: torch.Tensor, cells: torch.Tensor, temperature: float, remasking: str, noise: RowNoise,
+                  positions: torch.Tensor, mask_id: int,
+                  conf_dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """propose() from the logits of the still-masked cells only: logits [K, V] of the True cells of `cells` [B, L]
+    in row-major order (what Transformer.forward(..., logits_rows=cells) returns), positions [B, L] -> (x0 [B, L],
+    confidence [B, L]) with x0 = -1 and confidence -inf on the other cells, which select_confident never reads.
+    Each cell's result is the one propose() gives it from the full logits: its draws are keyed by its batch row
+    and position, its softmax is its own row's."""
+    B, L = cells.shape
+    if logits.dtype != torch.float32 and not ops.sampling_kernel_reads(logits, temperature):
+        logits = logits.float()
+    b, j = cells.nonzero(as_tuple=True)
+    if logits.shape[0] != b.numel():
+        raise ValueError(f"logits: expected one row per True cell ({b.numel()}), got {logits.shape[0]}")
+    x0 = torch.full((B, L), -1, dtype=torch.int64, device=cells.device)
+    conf = torch.full((B, L), float("-inf"), dtype=conf_dtype, device=cells.device)
+    if b.numel():
+        x0[b, j], c = _propose_flat(logits, b, positions[b, j], temperature, remasking, noise, mask_id, conf_dtype)
+        if c is not None:
+            conf[b, j] = c
+    if remasking != "low_confidence":
+        return x0, noise.uniform(positions).to(conf_dtype)
+    return x0, conf
+
+
+def _propose_flat(logits: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor, temperature: float,
+                  remasking: str, noise: RowNoise, mask_id: int, conf_dtype: torch.dtype,
+                  greedy: tuple[torch.Tensor, torch.Tensor] | None = None):
+    """propose() over N cells: logits [N, V] (float32, or bf16 the sampling kernel reads), the cells' batch rows and
+    RoPE positions [N] -> (x0 [N], confidence [N], or None for `random` remasking). greedy: the greedy
+    low-confidence branch's (x0, confidence), already computed (propose's candidate rows)."""
+    if greedy is not None:
+        x0, conf = greedy
+    elif temperature == 0 and remasking == "low_confidence":
+        x0, conf = ops.sample_greedy(logits, conf_dtype)
     elif temperature > 0:
-        rows = torch.arange(B, device=logits.device).repeat_interleave(L)
-        x0, conf = noise.gumbel_argmax(logits.reshape(B * L, V), rows, positions.reshape(B * L), temperature,
-                                       conf_dtype)
-        x0, conf = x0.reshape(B, L), conf.reshape(B, L)
+        x0, conf = noise.gumbel_argmax(logits, rows, positions, temperature, conf_dtype)
     else:
         x0, conf = torch.argmax(logits, dim=-1), None
     hit = x0 == mask_id
     if bool(hit.any()):
-        b, j = hit.nonzero(as_tuple=True)
-        cells = logits[b, j].clone()
+        i = hit.nonzero().squeeze(1)
+        cells = logits[i].clone()
         cells[:, mask_id] = float("-inf")
         if temperature > 0:
-            x0[b, j] = noise.gumbel_argmax(cells, b, positions[b, j], temperature, conf_dtype)[0]
+            x0[i] = noise.gumbel_argmax(cells, rows[i], positions[i], temperature, conf_dtype)[0]
         else:
-            x0[b, j] = torch.argmax(cells, dim=-1)
+            x0[i] = torch.argmax(cells, dim=-1)
         if conf is not None:
-            p = F.softmax(logits[b, j].to(conf_dtype), dim=-1)
-            conf[b, j] = torch.gather(p, -1, x0[b, j][:, None]).squeeze(-1)
+            p = F.softmax(logits[i].to(conf_dtype), dim=-1)
+            conf[i] = torch.gather(p, -1, x0[i][:, None]).squeeze(-1)
     if remasking == "low_confidence":
         if conf is None:
-            conf = torch.gather(F.softmax(logits.to(conf_dtype), dim=-1), -1, x0[..., None]).squeeze(-1)
+            conf = torch.gather(F.softmax(logits.to(conf_dtype), dim=-1), -1, x0[:, None]).squeeze(-1)
         return x0, conf
-    return x0, noise.uniform(positions).to(conf_dtype)
+    return x0, None
 
 
 def guided_logits(model, canvas: Canvas, x: torch.Tensor, prompt_index: torch.Tensor | None,
-                  cfg_scale: float, lo: int, hi: int, float_logits: bool = True) -> torch.Tensor:
+                  cfg_scale: float, lo: int, hi: int, float_logits: bool = True,
+                  cells: torch.Tensor | None = None) -> torch.Tensor:
     """One model forward over the canvas (twice the batch with CFG); logits of columns lo:hi only (float32, or
-    without CFG and with float_logits=False in the compute dtype: see Transformer.forward)."""
+    without CFG and with float_logits=False in the compute dtype: see Transformer.forward), [B, hi - lo, V]; with
+    cells [B, hi - lo] bool, of those cells only, [K, V] (Transformer.forward's logits_rows)."""
     key_mask = canvas.key_mask if canvas.padded else None
     positions = canvas.positions if canvas.padded else None
     if cfg_scale > 0:
@@ -132,10 +175,11 @@ def guided_logits(model, canvas: Canvas, x: torch.Tensor, prompt_index: torch.Te
         both = torch.cat([x, un_x], dim=0)
         km = None if key_mask is None else torch.cat([key_mask, key_mask], dim=0)
         pos = None if positions is None else torch.cat([positions, positions], dim=0)
-        logits = model.transformer.forward(both, km, pos, lo, hi)
+        logits = model.transformer.forward(both, km, pos, lo, hi,
+                                           logits_rows=None if cells is None else torch.cat([cells, cells]))
         cond, un = torch.chunk(logits, 2, dim=0)
         return un + (cfg_scale + 1) * (cond - un)
-    return model.transformer.forward(x, key_mask, positions, lo, hi, float_logits=float_logits)
+    return model.transformer.forward(x, key_mask, positions, lo, hi, float_logits=float_logits, logits_rows=cells)
 
 
 def rows_ended(x: torch.Tensor, P: int, end: int, eos_ids: torch.Tensor) -> torch.Tensor:
@@ -195,10 +239,12 @@ def generate_llada(model, ids: torch.Tensor, attn: torch.Tensor, *, gen_length: 
             # Columns that can change: every masked position left of the block end (usually the block).
             open_cols = (x[:, :b_end] == mask_id).any(dim=0).nonzero()
             lo = int(open_cols[0]) if open_cols.numel() else b_start
-            logits = guided_logits(model, canvas, x, prompt_index, cfg_scale, lo, b_end, float_logits=False)
+            cells = x[:, lo:b_end] == mask_id  # the logits of these cells only: nothing reads the others'
+            logits = guided_logits(model, canvas, x, prompt_index, cfg_scale, lo, b_end, float_logits=False,
+                                   cells=cells)
             nfe += 1
-            x0, conf = propose(logits, temperature, remasking, noise, canvas.positions[:, lo:b_end], mask_id,
-                               candidates=x[:, lo:b_end] == mask_id)
+            x0, conf = propose_cells(logits, cells, temperature, remasking, noise, canvas.positions[:, lo:b_end],
+                                     mask_id)
             noise.advance(k > 0)
             before = x[:, lo:b_end].clone() if callback is not None else None
             ops.select_confident(conf.contiguous(), x0.contiguous(), k, x[:, lo:b_end], mask_id)

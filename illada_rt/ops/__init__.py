@@ -390,6 +390,14 @@ def _w8a8_handle(w: Int8Weight):
     return w.handle if w.handle is not None else _C.PackedW8A8(w.packed, w.colsum, w.scale, w.K)
 
 
+def w8a8_runs_kernel(x: torch.Tensor, out_dtype: torch.dtype | None = None) -> bool:
+    """Whether the W8A8 linears run the compiled CPU kernel for activations x (else the reference or the CUDA
+    emulator's GEMM). The kernel quantizes and computes each row of x on its own: a row's output does not depend on
+    the other rows."""
+    return (use_cpu_kernel(x) and not _cuda.emulating() and x.dtype in (torch.float32, torch.bfloat16)
+            and (out_dtype or x.dtype) in (torch.float32, torch.bfloat16))
+
+
 def linear_w8a8(x: torch.Tensor, w: Int8Weight, out_dtype: torch.dtype | None = None,
                 isa: str | None = None) -> torch.Tensor:
     """x [..., K] float32/bfloat16 -> [..., N] (out_dtype, default x's dtype): activations quantized per token
@@ -400,8 +408,7 @@ def linear_w8a8(x: torch.Tensor, w: Int8Weight, out_dtype: torch.dtype | None = 
     if x.device.type == "cpu" and _cuda.emulating():  # the CUDA GEMM on the emulator
         from . import cuda_gemm
         return cuda_gemm.linear(x, cuda_gemm.from_cpu_weight(w), out_dtype)
-    if not (use_cpu_kernel(x) and x.dtype in (torch.float32, torch.bfloat16)
-            and out_dtype in (torch.float32, torch.bfloat16)):
+    if not w8a8_runs_kernel(x, out_dtype):
         return reference.linear_w8a8(x, w.weight().to(x.device), w.scale.to(x.device), out_dtype)
     x2, lead = _gemm_rows(x)
     out = torch.empty((*lead, w.N), dtype=out_dtype)
@@ -419,8 +426,7 @@ def swiglu_linear_w8a8(gate: torch.Tensor, up: torch.Tensor, w: Int8Weight, out_
     if gate.shape[-1] != w.K:
         raise ValueError(f"gate: last dimension {gate.shape[-1]} does not match the weight's K = {w.K}")
     out_dtype = out_dtype or gate.dtype
-    if not (use_cpu_kernel(gate, up) and not _cuda.emulating() and gate.dtype in (torch.float32, torch.bfloat16)
-            and out_dtype in (torch.float32, torch.bfloat16)):
+    if not (w8a8_runs_kernel(gate, out_dtype) and use_cpu_kernel(up)):
         return linear_w8a8(swiglu(gate, up), w, out_dtype, isa)
     g2, lead = _gemm_rows(gate)
     u2, _ = _gemm_rows(up)
@@ -437,8 +443,7 @@ def linear_w8a8_multi(x: torch.Tensor, ws, out_dtype: torch.dtype | None = None,
     if not 1 <= len(ws) <= 4:
         raise ValueError(f"ws: expected 1 to 4 weights, got {len(ws)}")
     out_dtype = out_dtype or x.dtype
-    if not (use_cpu_kernel(x) and not _cuda.emulating() and x.dtype in (torch.float32, torch.bfloat16)
-            and out_dtype in (torch.float32, torch.bfloat16)) or len({w.K for w in ws}) != 1:
+    if not w8a8_runs_kernel(x, out_dtype) or len({w.K for w in ws}) != 1:
         return [linear_w8a8(x, w, out_dtype, isa) for w in ws]
     if x.shape[-1] != ws[0].K:
         raise ValueError(f"x: last dimension {x.shape[-1]} does not match the weight's K = {ws[0].K}")
