@@ -3,7 +3,9 @@ time they would take at this machine's measured GEMM rates.
 
 - FLOPs are counted by wrapping the model's linear (2 M N K for every GEMM, the LM head included, on the rows it
   runs on) and ops.attention (4 B Hq Tq Tk D: scores and P.V), or its compiled layer stack (the same sums over every
-  block), during one untimed run of the same decode.
+  block), during one untimed run of the same decode. The job's LM head is the block's rows (the rows a forward asks
+  logits for), as the reference decoders compute it; the runtime runs it on the still-masked cells only where it
+  can, and those executed FLOPs are kept apart (count_flops' "gemm_executed", the profile's GEMM rate).
 - Peaks are measured in the same run at a large shape: PyTorch's bf16 matmul and torch._int_mm (M = 1024,
   K = N = 4096), the rates a user's PyTorch reaches on this CPU (oneDNN; AMX where the CPU has it).
 - The roofline time of a job is gemm_flops / gemm_peak + attention_flops / bf16_peak, the GEMM peak being the
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import time
 
 import torch
@@ -23,10 +26,21 @@ from illada_rt import model as model_mod
 
 @contextlib.contextmanager
 def count_flops():
-    """Yields a dict {"gemm": flops, "attention": flops, "routes": {kernel: GEMM calls}} filled while the block
-    runs; routes names which GEMM ran each linear ("gemm_bf16", "torch", or a quantized layer's kernel: "w8a8" ...),
-    q/k/v and gate/up counting once each where they run as one call."""
-    counts = {"gemm": 0, "attention": 0, "routes": {}}
+    """Yields a dict {"gemm": flops, "gemm_executed": flops, "attention": flops, "routes": {kernel: GEMM calls}}
+    filled while the block runs; routes names which GEMM ran each linear ("gemm_bf16", "torch", or a quantized
+    layer's kernel: "w8a8" ...), q/k/v and gate/up counting once each where they run as one call.
+
+    "gemm" is the job's: the LM head on the rows a forward asks logits for (logits_from:logits_to, the block), as
+    the reference decoders and the peers compute it. "gemm_executed" is what the GEMMs ran: the same, except that
+    a decoder asking for its still-masked cells only (forward's logits_rows) has the head run on those rows where
+    it computes rows independently. The roofline takes the job's FLOPs (a policy and its peer then share one for the
+    same job); a GEMM's own rate, the executed ones."""
+    counts = {"gemm": 0, "gemm_executed": 0, "attention": 0, "routes": {}}
+    head = {}  # the forward running now: its LM head and the rows it asks logits for
+
+    def add(flops, job_flops=None):
+        counts["gemm_executed"] += flops
+        counts["gemm"] += flops if job_flops is None else job_flops
 
     def route(x, ws):
         if all(isinstance(w, torch.Tensor) for w in ws):
@@ -36,20 +50,34 @@ def count_flops():
         counts["routes"][name] = counts["routes"].get(name, 0) + 1
     real_linear, real_linears, real_attention = model_mod.linear, model_mod.linears, ops.attention
     real_swiglu_linear, real_stack = model_mod.swiglu_linear, model_mod.layer_stack
+    real_forward = model_mod.Transformer.forward
+    forward_args = inspect.signature(real_forward)
+
+    def forward(self, *a, **kw):
+        b = forward_args.bind(self, *a, **kw)
+        b.apply_defaults()
+        ids, lo, hi = b.arguments["ids"], b.arguments["logits_from"], b.arguments["logits_to"]
+        rows = len(range(ids.shape[1])[lo:hi])
+        head.update(weight=self.head, rows=ids.shape[0] * rows)
+        try:
+            return real_forward(self, *a, **kw)
+        finally:
+            head.clear()
 
     def linear(x, w):
         N, K = w.shape  # a tensor's or a QuantizedLinear's
-        counts["gemm"] += 2 * (x.numel() // x.shape[-1]) * N * K
+        job = 2 * head["rows"] * N * K if head and w is head["weight"] else None
+        add(2 * (x.numel() // x.shape[-1]) * N * K, job)
         route(x, [w])
         return real_linear(x, w)
 
     def linears(x, ws):  # q/k/v or gate/up sharing x
-        counts["gemm"] += sum(2 * (x.numel() // x.shape[-1]) * w.shape[0] * w.shape[1] for w in ws)
+        add(sum(2 * (x.numel() // x.shape[-1]) * w.shape[0] * w.shape[1] for w in ws))
         route(x, ws)
         return real_linears(x, ws)
 
     def swiglu_linear(gate, up, w):  # the down projection with the SwiGLU computed inside it
-        counts["gemm"] += 2 * (gate.numel() // gate.shape[-1]) * w.shape[0] * w.shape[1]
+        add(2 * (gate.numel() // gate.shape[-1]) * w.shape[0] * w.shape[1])
         route(gate, [w])
         return real_swiglu_linear(gate, up, w)
 
@@ -61,19 +89,20 @@ def count_flops():
     def layer_stack(stack, x, cos, sin, key_mask, cache, cache_from, timing=None):  # every block in one call
         B, L = x.shape[:2]
         T = L if cache is None or cache_from is None else cache.length
-        counts["gemm"] += 2 * B * L * stack.weights
+        add(2 * B * L * stack.weights)
         counts["attention"] += stack.n_layers * 4 * B * stack.n_heads * L * T * stack.head_dim
         for name, n in stack.routes.items():
             counts["routes"][name] = counts["routes"].get(name, 0) + n
         return real_stack(stack, x, cos, sin, key_mask, cache, cache_from, timing)
 
     model_mod.linear, model_mod.linears, model_mod.swiglu_linear = linear, linears, swiglu_linear
-    model_mod.layer_stack, ops.attention = layer_stack, attention
+    model_mod.layer_stack, ops.attention, model_mod.Transformer.forward = layer_stack, attention, forward
     try:
         yield counts
     finally:
         model_mod.linear, model_mod.linears, model_mod.swiglu_linear = real_linear, real_linears, real_swiglu_linear
         model_mod.layer_stack, ops.attention = real_stack, real_attention
+        model_mod.Transformer.forward = real_forward
 
 
 @functools.lru_cache(maxsize=None)
@@ -181,7 +210,7 @@ def profile():
                 setattr(owner, name, real)
             out["total"] = total
             out["python"] = total - sum(out[c] for c in CATEGORIES)
-            out["gemm_flops"] = flops["gemm"]
+            out["gemm_flops"] = flops["gemm_executed"]  # the GEMMs' own rate: what they ran
             out["gemm_routes"] = flops["routes"]
 
 
