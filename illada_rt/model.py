@@ -18,7 +18,6 @@ from .checkpoint import (FLOAT_DTYPES, WeightStore, check_layout_matches, global
                          layer_shapes)
 from .config import ModelConfig
 from .errors import CheckpointError
-from .ops.stack import CompiledLayers
 from .ops import stack as layer_stacks
 from .quant import SCHEMES, QuantizedLinear, QuantScheme, load_linear, read_scheme
 
@@ -49,7 +48,7 @@ def swiglu_fuses(w) -> bool:
     return isinstance(w, QuantizedLinear) and w.kernel == "w8a8"
 
 
-def layer_stack(stack: CompiledLayers, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+def layer_stack(stack: layer_stacks.CompiledLayers, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 key_mask: torch.Tensor | None, cache: KVCache | None, cache_from: int | None,
                 timing: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Every block over the embeddings x [B, L, d] in one compiled call (ops/stack.py), as the layer loop in
@@ -232,9 +231,9 @@ class Transformer:
         load.check_all_read(cfg)
         load.release_again()
         self._rope = None  # (a copy of the positions or None, (T, device), cos, sin): see _rope_tables
-        self._stack: CompiledLayers | None | bool = False  # the blocks as one compiled call (built on first use)
+        self._stack: layer_stacks.CompiledLayers | None | bool = False  # the blocks as one compiled call (built on first use)
 
-    def compiled_layers(self) -> CompiledLayers | None:
+    def compiled_layers(self) -> layer_stacks.CompiledLayers | None:
         """The blocks checked once into a compiled layer stack (ops/stack.py), or None where some block cannot run
         there (then every forward runs the layer loop). Built at the first forward from the weights self.layers then
         holds: the stack reads their memory, so a weight changed in place is seen, but a layer's weight replaced by
@@ -310,7 +309,7 @@ class Transformer:
         H, Hkv, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         eps = cfg.rms_norm_eps
         down = None  # the previous block's MLP output, added to h together with the next norm (ops.add_rms_norm)
-        stack = self.compiled_layers() if self.device.type == "cpu" else None
+        stack = self.compiled_layers()
         if layer_stacks.usable(stack, h, D):
             h, down = layer_stack(stack, h, cos, sin, key_mask, cache, cache_from)
         for i, w in enumerate(self.layers if down is None else ()):

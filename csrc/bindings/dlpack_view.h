@@ -267,4 +267,20 @@ inline TensorView key_mask_view(py::handle obj, int64_t B, int64_t Tk, const cha
   return km;
 }
 
+// RoPE's cos and sin tables for T rows of head dim D: float32, contiguous, [T, D] shared by the batch or [B, T, D],
+// both of one rank. *_what name where each size comes from in the caller's arguments.
+inline void expect_rope_tables(const TensorView& c, const TensorView& s, int64_t B, int64_t T, int64_t D,
+                               const char* b_what, const char* t_what, const char* d_what) {
+  for (const TensorView* t : {&c, &s}) {
+    t->expect_cpu();
+    t->expect_dtype({DType::f32});
+    t->expect_contiguous();
+    ILLADA_CHECK(t->ndim() == 2 || t->ndim() == 3, t->name << ": expected [T, D] or [B, T, D], got " << t->shape_str());
+    if (t->ndim() == 3) t->expect_dim(0, B, b_what);
+    t->expect_dim(t->ndim() - 2, T, t_what);
+    t->expect_dim(t->ndim() - 1, D, d_what);
+  }
+  ILLADA_CHECK(c.ndim() == s.ndim(), "sin: expected the rank of cos (" << c.ndim() << "), got " << s.ndim());
+}
+
 }  // namespace illada::bind

@@ -132,16 +132,7 @@ void forward(const LayerStack& st, py::handle x_, py::handle h_out_, py::handle 
   c.h_out = h_out.ptr<uint16_t>();
   c.down_out = down_out.ptr<uint16_t>();
   auto cs = view(cos_, "cos"), sn = view(sin_, "sin");
-  for (auto* t : {&cs, &sn}) {
-    t->expect_cpu();
-    t->expect_dtype({DType::f32});
-    t->expect_contiguous();
-    ILLADA_CHECK(t->ndim() == 2 || t->ndim() == 3, t->name << ": expected [L, D] or [B, L, D], got " << t->shape_str());
-    if (t->ndim() == 3) t->expect_dim(0, B, "x.shape[0]");
-    t->expect_dim(t->ndim() - 2, L, "x.shape[1]");
-    t->expect_dim(t->ndim() - 1, st.D, "head_dim");
-  }
-  ILLADA_CHECK(cs.ndim() == sn.ndim(), "sin: expected the rank of cos (" << cs.ndim() << "), got " << sn.ndim());
+  expect_rope_tables(cs, sn, B, L, st.D, "x.shape[0]", "x.shape[1]", "head_dim");
   c.cos = cs.ptr<float>();
   c.sin = sn.ptr<float>();
   c.cs_sb = cs.ndim() == 3 ? L * st.D : 0;

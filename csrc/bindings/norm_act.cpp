@@ -93,16 +93,7 @@ void rope(py::handle x_, py::handle cos_, py::handle sin_, py::handle out_, int 
   for (int d = 0; d < 4; ++d) out.expect_dim(d, x.shape[d], "x's shape");
   const int64_t B = x.shape[0], T = x.shape[2], D = x.shape[3];
   ILLADA_CHECK(D % 2 == 0, "x: the head dimension must be even for rotate-half RoPE, got " << D);
-  for (auto* t : {&c, &s}) {
-    t->expect_cpu();
-    t->expect_dtype({DType::f32});
-    t->expect_contiguous();
-    ILLADA_CHECK(t->ndim() == 2 || t->ndim() == 3, t->name << ": expected [T, D] or [B, T, D], got " << t->shape_str());
-    if (t->ndim() == 3) t->expect_dim(0, B, "x.shape[0]");
-    t->expect_dim(t->ndim() - 2, T, "x.shape[2]");
-    t->expect_dim(t->ndim() - 1, D, "x.shape[3]");
-  }
-  ILLADA_CHECK(c.ndim() == s.ndim(), "sin: expected the rank of cos (" << c.ndim() << "), got " << s.ndim());
+  expect_rope_tables(c, s, B, T, D, "x.shape[0]", "x.shape[2]", "x.shape[3]");
   cpu::RopeParams p{};
   p.x = x.data;
   p.out = out.data;

@@ -51,36 +51,14 @@ def transfer_schedule(block_masks: torch.Tensor, steps: int) -> torch.Tensor:
     return base + (torch.arange(steps, device=n.device)[None, :] < rem).long()
 
 
-def _sample_greedy_rows(logits: torch.Tensor, conf_dtype: torch.dtype,
-                        candidates: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """ops.sample_greedy on the candidate rows of logits [B, L, V] (all rows without candidates): the others get
-    x0 = -1 and confidence -inf. A row costs a softmax over the vocabulary (in float64 about 11 us, float32 4 us, at
-    32768 on the AMD EPYC); gathering one costs about 1.5 us, so the rows are gathered where at least a quarter
-    (float64) or half (float32) of them drop out. A cache step's block loses its candidates as it fills: in
-    Fast-dLLM's dual cache about half of the rows are sampled for nothing otherwise."""
-    B, L, V = logits.shape
-    if candidates is None:
-        return ops.sample_greedy(logits, conf_dtype)
-    sel = candidates.reshape(-1).nonzero().squeeze(1) if logits.device.type == "cpu" else None
-    if sel is None or sel.numel() > B * L * (0.75 if conf_dtype == torch.float64 else 0.5):
-        x0, conf = ops.sample_greedy(logits, conf_dtype)
-        return x0.masked_fill_(~candidates, -1), conf.masked_fill_(~candidates, float("-inf"))
-    x0 = torch.full((B * L,), -1, dtype=torch.int64)
-    conf = torch.full((B * L,), float("-inf"), dtype=conf_dtype)
-    if sel.numel():
-        rows = logits.reshape(B * L, V).index_select(0, sel)
-        x0[sel], conf[sel] = ops.sample_greedy(rows, conf_dtype)
-    return x0.view(B, L), conf.view(B, L)
-
-
 def propose(logits: torch.Tensor, temperature: float, remasking: str, noise: RowNoise, positions: torch.Tensor,
             mask_id: int, conf_dtype: torch.dtype = torch.float32,
             candidates: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """logits [B, L, V] of canvas columns at RoPE positions [B, L] -> (x0 [B, L] int64, confidence [B, L]).
     Logits in another dtype than float32 are taken as their float32 values (bf16 ones read by the sampling kernel).
     candidates [B, L] bool (optional): the still-masked columns, the only ones the caller reads x0 and the
-    confidence of (select_confident's rule). Greedy low-confidence decoding then samples only those rows where
-    enough others drop out to pay for gathering them; the others get x0 = -1 and confidence -inf.
+    confidence of (select_confident's rule): only those are proposed (propose_cells on their rows), the others get
+    x0 = -1 and confidence -inf. The decoders call propose_cells directly, with the logits of those cells only.
 
     LLaDA's generate.py takes the softmax in the logits' dtype (float32 here); Fast-dLLM in float64.
     temperature > 0 samples the Gumbel-max of logits + temperature * g (LLaDA's add_gumbel_noise has the same
@@ -90,17 +68,11 @@ def propose(logits: torch.Tensor, temperature: float, remasking: str, noise: Row
     probability under the full softmax (what the reference would give it); where it does not, nothing changes.
     """
     B, L, V = logits.shape
-    if logits.dtype != torch.float32 and not ops.sampling_kernel_reads(logits, temperature):
-        logits = logits.float()  # bf16 logits go to the sampling kernel as they are (it widens them exactly)
-    greedy = None
-    if temperature == 0 and remasking == "low_confidence":
-        greedy = _sample_greedy_rows(logits, conf_dtype, candidates)  # argmax and its softmax probability
-    rows = torch.arange(B, device=logits.device).repeat_interleave(L)
-    x0, conf = _propose_flat(logits.reshape(B * L, V), rows, positions.reshape(B * L), temperature, remasking, noise,
-                             mask_id, conf_dtype, None if greedy is None else (greedy[0].view(-1), greedy[1].view(-1)))
-    if conf is None:  # `random` remasking
-        return x0.view(B, L), noise.uniform(positions).to(conf_dtype)
-    return x0.view(B, L), conf.view(B, L)
+    if candidates is None:
+        cells = torch.ones(B, L, dtype=torch.bool, device=logits.device)
+        return propose_cells(logits.reshape(B * L, V), cells, temperature, remasking, noise, positions, mask_id,
+                             conf_dtype)
+    return propose_cells(logits[candidates], candidates, temperature, remasking, noise, positions, mask_id, conf_dtype)
 
 
 def propose_cells(logits: torch.Tensor, cells: torch.Tensor, temperature: float, remasking: str, noise: RowNoise,
@@ -113,7 +85,7 @@ def propose_cells(logits: torch.Tensor, cells: torch.Tensor, temperature: float,
     and position, its softmax is its own row's."""
     B, L = cells.shape
     if logits.dtype != torch.float32 and not ops.sampling_kernel_reads(logits, temperature):
-        logits = logits.float()
+        logits = logits.float()  # bf16 logits go to the sampling kernel as they are (it widens them exactly)
     b, j = cells.nonzero(as_tuple=True)
     if logits.shape[0] != b.numel():
         raise ValueError(f"logits: expected one row per True cell ({b.numel()}), got {logits.shape[0]}")
@@ -129,14 +101,10 @@ def propose_cells(logits: torch.Tensor, cells: torch.Tensor, temperature: float,
 
 
 def _propose_flat(logits: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor, temperature: float,
-                  remasking: str, noise: RowNoise, mask_id: int, conf_dtype: torch.dtype,
-                  greedy: tuple[torch.Tensor, torch.Tensor] | None = None):
+                  remasking: str, noise: RowNoise, mask_id: int, conf_dtype: torch.dtype):
     """propose() over N cells: logits [N, V] (float32, or bf16 the sampling kernel reads), the cells' batch rows and
-    RoPE positions [N] -> (x0 [N], confidence [N], or None for `random` remasking). greedy: the greedy
-    low-confidence branch's (x0, confidence), already computed (propose's candidate rows)."""
-    if greedy is not None:
-        x0, conf = greedy
-    elif temperature == 0 and remasking == "low_confidence":
+    RoPE positions [N] -> (x0 [N], confidence [N], or None for `random` remasking)."""
+    if temperature == 0 and remasking == "low_confidence":
         x0, conf = ops.sample_greedy(logits, conf_dtype)
     elif temperature > 0:
         x0, conf = noise.gumbel_argmax(logits, rows, positions, temperature, conf_dtype)

@@ -18,8 +18,8 @@ from collections import Counter
 
 import torch
 
-from . import _C, _cuda, cpu_isa, use_cpu_kernel
-from .. import ops
+from . import _C, _cuda, attention_runs_kernel, cpu_isa, use_cpu_kernel
+from .. import ops  # ops.BF16_GEMM_MAX_M read at call time, as linear_bf16_route reads it
 
 STACK_MODES = ("auto", "off")
 
@@ -89,4 +89,4 @@ def usable(stack: CompiledLayers | None, x: torch.Tensor, head_dim: int) -> bool
         return False
     if stack.dense and x.shape[0] * x.shape[1] > ops.BF16_GEMM_MAX_M:
         return False
-    return ops.attention_runs_kernel(torch.bfloat16, head_dim)
+    return attention_runs_kernel(torch.bfloat16, head_dim)
