@@ -25,7 +25,7 @@ IMPLS = {  # name: (peak kind, description)
     "torch_w8a8": ("int8_dot", "torch ops: per-token quantize + _int_mm + scales, bf16 in/out"),
     "fp8w": ("bf16_dot", "illada-rt FP8-weight GEMM (e4m3 widened to bf16 in registers), bf16 in/out"),
     "bf16": ("bf16_dot", "illada-rt bf16 GEMM (weights read in place), bf16 in/out; the model runs it up to "
-                         "ops.BF16_GEMM_MAX_M rows"),
+                         "ops.BF16_GEMM_MAX_M rows with AVX-512, at every M on AVX2"),
     "torch_bf16": ("bf16_dot", "torch bf16 matmul"),
     "torch_fp32": ("fp32_fma", "torch fp32 matmul"),
 }

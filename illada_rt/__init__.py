@@ -57,12 +57,14 @@ def capabilities() -> dict:
     status["cpu"] = _cpu_info()
     status["kernel_mode"] = ops.kernel_mode()
     on_avx512 = status["_C"] and status["kernel_mode"] == "auto" and status["cpu"]["isa"] in ("avx512", "amx")
+    on_avx2 = status["_C"] and status["kernel_mode"] == "auto" and status["cpu"]["isa"] == "avx2"
     status["kernels"] = {
         "select_confident": {"cpu": "_C" if status["_C"] and status["kernel_mode"] == "auto" else "reference",
                              "cuda": cuda["select_transfer"]},
         "attention": {"cpu": _attention_cpu(status), "cuda": _attention_cuda(cuda["attention"])},
         "gemm (bf16 linears)": {"cpu": f"_C gemm_bf16 (avx512) up to {ops.BF16_GEMM_MAX_M} rows, torch above"
-                                if on_avx512 else "torch", "cuda": "torch"},
+                                if on_avx512 else "_C gemm_bf16 (avx2), every M" if on_avx2 else "torch",
+                                "cuda": "torch"},
         # a forward's transformer blocks in one compiled call where each op would run the compiled kernel (ops/stack.py)
         "layer stack": {"cpu": (f"_C for bf16 compute with head dim 64/128 and every linear W8A8 or bf16 (up to "
                                 f"{ops.BF16_GEMM_MAX_M} rows), the Python layer loop otherwise"

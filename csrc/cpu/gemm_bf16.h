@@ -4,7 +4,7 @@
 //
 // Several weights that share x (q/k/v, gate/up) run as one GEMM: `segments` each name a weight and its own output,
 // and the kernel spreads their output channels over the threads as one N. Every output is the dot product of a row
-// of x and a row of w, accumulated in 32-element chunks (16 fp32 lanes of pairs, vdpbf16ps on AVX-512 BF16), the
+// of x and a row of w, accumulated in 32-element chunks (16 fp32 lanes of pairs, vdpbf16ps on AVX-512 BF16, FMAs on AVX2), the
 // lanes summed by a fixed tree at the end: the result of an output does not depend on M, on the other segments or
 // on the thread count.
 #pragma once
@@ -35,6 +35,7 @@ struct GemmBf16Params {
 };
 
 void gemm_bf16_generic(const GemmBf16Params& p);
+void gemm_bf16_avx2(const GemmBf16Params& p);    // AVX2 + FMA, the same bits (gemm_bf16_avx2.cpp)
 void gemm_bf16_avx512(const GemmBf16Params& p);  // needs AVX512_BF16 (part of our avx512 level)
 void gemm_bf16(const GemmBf16Params& p, Isa isa);
 

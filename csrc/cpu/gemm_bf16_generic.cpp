@@ -49,6 +49,9 @@ void gemm_bf16(const GemmBf16Params& p, Isa isa) {
 #if defined(ILLADA_HAVE_AVX512)
   if (isa >= Isa::avx512) return gemm_bf16_avx512(p);
 #endif
+#if defined(ILLADA_HAVE_AVX2)
+  if (isa >= Isa::avx2) return gemm_bf16_avx2(p);
+#endif
   (void)isa;
   gemm_bf16_generic(p);
 }

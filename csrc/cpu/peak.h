@@ -6,7 +6,8 @@
 namespace illada::cpu {
 
 // Operations per second (an FMA counts 2; a 4-way int8 dot-accumulate lane counts 8) for `kind`:
-// "fp32_fma", "bf16_dot" or "int8_dot", on the best ISA that has it; 0 when this CPU has none.
+// "fp32_fma", "bf16_dot" or "int8_dot", on the best ISA that has it (on AVX2, bf16_dot is the FMA loop: the bf16
+// GEMM runs fp32 FMAs there); 0 when this CPU has none.
 double measure_peak_ops(const std::string& kind, int n_threads);
 double peak_ops_avx512(const std::string& kind, long iters);
 double peak_ops_avx2(const std::string& kind, long iters);

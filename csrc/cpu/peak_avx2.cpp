@@ -8,7 +8,8 @@ namespace illada::cpu {
 double peak_ops_avx2(const std::string& kind, long iters) {
   constexpr int kChains = 12;
   volatile int sink = 0;
-  if (kind == "fp32_fma") {
+  // bf16_dot: without AVX-512 BF16 the bf16 GEMM widens its operands and runs fp32 FMAs (gemm_bf16_avx2.cpp)
+  if (kind == "fp32_fma" || kind == "bf16_dot") {
     const __m256 a = _mm256_set1_ps(1.0f), b = _mm256_set1_ps(1e-9f);
     return run_peak_loop<kChains>(
         iters, _mm256_setzero_ps(), [&](__m256 v) { return _mm256_fmadd_ps(a, b, v); },

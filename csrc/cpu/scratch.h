@@ -15,6 +15,7 @@ enum class ScratchSlot : int {
   linear_activations, linear_scales,                 // linear_w8a8_segments (quantized x and its row scales)
   linear_swiglu,                                     // linear_w8a8_segments' swiglu(gate, up) rows (the down projection)
   gemm_operand,                                      // a GEMM's own padded copy of A (AMX kernels, odd-K FP8)
+  gemm_bf16_operand,                                 // gemm_bf16_avx2's x widened to fp32
   layer_stack,                                       // layer_stack's activations (norm output, q/k/v, MLP rows)
   count
 };

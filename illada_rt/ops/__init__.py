@@ -337,19 +337,23 @@ BF16_GEMM_MAX_M = 64
 
 
 def linear_bf16_route(x: torch.Tensor, weights, force: bool = False) -> str:
-    """Which GEMM linear_bf16 runs for these operands: "gemm_bf16" (the compiled kernel) or "torch" (F.linear)."""
+    """Which GEMM linear_bf16 runs for these operands: "gemm_bf16" (the compiled kernel) or "torch" (F.linear).
+    With AVX-512 BF16 (or AMX) the kernel takes up to BF16_GEMM_MAX_M rows; on an AVX2-only CPU it takes every M:
+    there PyTorch's bf16 matmul has no vectorized path (torch 2.13 on an AMD EPYC Zen 3: 0.7-0.8 GFLOP/s at M = 64
+    to 1024, against the kernel's 40-70 on 2 cores; bench/test_bench_gemm.py shows both)."""
     rows = x.shape[:-1].numel() if x.dim() else 0
-    ok = (use_cpu_kernel(x, *weights) and cpu_isa() in ("avx512", "amx") and x.dtype == torch.bfloat16
+    isa = cpu_isa()
+    ok = (use_cpu_kernel(x, *weights) and isa in ("avx2", "avx512", "amx") and x.dtype == torch.bfloat16
           and all(w.dtype == torch.bfloat16 and w.stride(-1) == 1 for w in weights))
-    return "gemm_bf16" if ok and (force or rows <= BF16_GEMM_MAX_M) else "torch"
+    return "gemm_bf16" if ok and (force or isa == "avx2" or rows <= BF16_GEMM_MAX_M) else "torch"
 
 
 def linear_bf16(x: torch.Tensor, weights, isa: str | None = None, force: bool = False) -> list[torch.Tensor]:
     """x [..., K] bfloat16 against 1 to 4 dense bfloat16 weights [N_s, K] (q/k/v or gate/up) -> one [..., N_s]
     bfloat16 output per weight: x @ w.T with fp32 accumulation. The weights are read in place, never repacked
     (a memory map's views, or the loader's huge-page copies: illada_rt.load(huge_pages=)). Runs the compiled kernel
-    on CPU with AVX-512 BF16 for at most BF16_GEMM_MAX_M rows (always with `force`), else PyTorch's F.linear per
-    weight."""
+    on CPU where linear_bf16_route says so (AVX-512 BF16: at most BF16_GEMM_MAX_M rows, always with `force`; AVX2:
+    every M), else PyTorch's F.linear per weight."""
     weights = list(weights)
     if not 1 <= len(weights) <= 4:
         raise ValueError(f"weights: expected 1 to 4 weights, got {len(weights)}")
