@@ -8,11 +8,12 @@ time they would take at this machine's measured GEMM rates.
   can, and those executed FLOPs are kept apart (count_flops' "gemm_executed", the profile's GEMM rate).
 - Peaks are measured in the same run at a large shape: PyTorch's bf16 matmul and torch._int_mm (M = 1024,
   K = N = 4096), the rates a user's PyTorch reaches on this CPU (oneDNN; AMX where the CPU has it). Where the CPU
-  has no bf16 arithmetic (AVX2 only), PyTorch's bf16 matmul and _int_mm run unvectorized loops (torch 2.13 on an
-  AMD EPYC Zen 3: about 1 and 2 GOP/s) while its fp32 matmul runs near the FMA peak; bf16 operands are exact in
-  fp32, so the bf16 peak is the faster of the bf16 and fp32 matmuls, and the int8 peak never less than the bf16 one.
-  A probe at a small shape decides whether the slow ones are worth timing at the large shape (one such bf16 call
-  takes ~40 s there).
+  has no bf16 arithmetic (AVX2 only), PyTorch's bf16 matmul and _int_mm take oneDNN's slow paths (torch 2.13 on 2
+  cores of an AMD EPYC Zen 3: bf16 15-20 GFLOP/s as F.linear computes it and under 1 as a @ b with b [K, N], _int_mm
+  2-4 GOP/s) while its fp32 matmul runs at 70-100 GFLOP/s; bf16 operands are exact in fp32, so the bf16 peak is the
+  faster of the bf16 and fp32 matmuls, and the int8 peak never less than the bf16 one. A probe at a small shape
+  (torch_fast_gemms) decides whether the slow ones are worth timing at the large shape (one bf16 a @ b there takes
+  ~40 s).
 - The roofline time of a job is gemm_flops / gemm_peak + attention_flops / bf16_peak, the GEMM peak being the
   int8 one for W8A8 models; the roofline fraction is that time over the measured one.
 """
@@ -128,31 +129,31 @@ def _best_gops(fn, flops: float, repeats: int) -> float:
 
 
 @functools.lru_cache(maxsize=None)
-def _vectorized(threads: int) -> dict:
-    """{"bf16": bool, "int8": bool}: whether PyTorch's bf16 matmul / _int_mm reach half its fp32 matmul's rate at
-    M = K = N = 256 (False on AVX2-only CPUs, where they are plain loops)."""
+def torch_fast_gemms(threads: int) -> dict:
+    """{"bf16": bool, "int8": bool}: whether PyTorch's bf16 F.linear / _int_mm reach half its fp32 F.linear's rate at
+    M = K = N = 256 (both False on AVX2-only CPUs: oneDNN's slow paths there)."""
     torch.set_num_threads(threads)
     g = torch.Generator().manual_seed(0)
-    a, b = torch.randn(256, 256, generator=g), torch.randn(256, 256, generator=g)
-    ai, bi = torch.randint(-127, 128, (256, 256), dtype=torch.int8), torch.randint(-127, 128, (256, 256), dtype=torch.int8)
+    a, w = torch.randn(256, 256, generator=g), torch.randn(256, 256, generator=g)
+    ai, wi = torch.randint(-127, 128, (256, 256), dtype=torch.int8), torch.randint(-127, 128, (256, 256), dtype=torch.int8)
     flops = 2 * 256 ** 3
-    fp32 = _best_gops(lambda: a @ b, flops, 3)
-    ab, bb = a.bfloat16(), b.bfloat16()
-    return {"bf16": _best_gops(lambda: ab @ bb, flops, 3) >= fp32 / 2,
-            "int8": _best_gops(lambda: torch._int_mm(ai, bi), flops, 3) >= fp32 / 2}
+    fp32 = _best_gops(lambda: a @ w.t(), flops, 3)
+    ab, wb = a.bfloat16(), w.bfloat16()
+    return {"bf16": _best_gops(lambda: ab @ wb.t(), flops, 3) >= fp32 / 2,
+            "int8": _best_gops(lambda: torch._int_mm(ai, wi.t()), flops, 3) >= fp32 / 2}
 
 
 def _gemm_rates(threads: int, repeats: int) -> dict:
     torch.set_num_threads(threads)
     a, b, af, bf, ai, bi = _peak_operands()
-    fast = _vectorized(threads)
+    fast = torch_fast_gemms(threads)
     flops = 2 * 1024 * 4096 * 4096
     fp32 = round(_best_gops(lambda: af @ bf, flops, repeats), 1)
     bf16 = round(_best_gops(lambda: a @ b, flops, repeats), 1) if fast["bf16"] else None
     int8 = round(_best_gops(lambda: torch._int_mm(ai, bi), flops, repeats), 1) if fast["int8"] else None
     bf16_peak = max(bf16 or 0.0, fp32)
     return {"bf16_gemm_gops": bf16_peak, "int8_gemm_gops": max(int8 or 0.0, bf16_peak), "fp32_matmul_gops": fp32,
-            # PyTorch's own bf16 / int8 rates at the large shape; None where the probe found them unvectorized
+            # PyTorch's own bf16 / int8 rates at the large shape; None where the probe found them slow
             "torch_bf16_matmul_gops": bf16, "torch_int_mm_gops": int8}
 
 

@@ -2,7 +2,7 @@
 dual cache (with and without threshold), the same on int8 (W8A8) and fp8 (e4m3 weights, bf16 compute) copies of the
 model made by the quantize tool,
 and two peers in eager PyTorch: LLaDA's loop over the full canvas (bf16; fp32 on CPUs where PyTorch's bf16 matmul is
-unvectorized), and a Fast-dLLM-style dual cache (the same
+far slower than its fp32 one), and a Fast-dLLM-style dual cache (the same
 decoding loop with every compiled kernel off: PyTorch's GEMMs and SDPA). Prompt 64, gen 128, 64 steps, block 32.
 
 Each result records tokens/s, NFE, the job's GEMM and attention FLOPs (counted in an untimed run: bench/roofline.py)
@@ -24,7 +24,7 @@ import torch
 
 import illada_rt
 from peaks import measured_peaks
-from roofline import CATEGORIES, _vectorized, count_flops, gemm_peaks, gemm_peaks_now, profile, roofline
+from roofline import CATEGORIES, torch_fast_gemms, count_flops, gemm_peaks, gemm_peaks_now, profile, roofline
 from test_bench_decode import reference_loop
 
 PROMPT, GEN, STEPS, BLOCK = 64, 128, 64, 32
@@ -50,9 +50,9 @@ def models(bench_model_dir, tmp_path_factory):
     from illada_rt.quantize import quantize_checkpoint
 
     # the peers' model: PyTorch as a user's PyTorch holds the weights (ordinary pages), not our huge-page copies,
-    # which speed PyTorch's own GEMMs up too (load(huge_pages=)); in fp32 where PyTorch's bf16 matmul is an
-    # unvectorized loop (AVX2-only CPUs, roofline._vectorized), as a user there would run it
-    peer_dtype = None if _vectorized(torch.get_num_threads())["bf16"] else torch.float32
+    # which speed PyTorch's own GEMMs up too (load(huge_pages=)); in fp32 where PyTorch's bf16 matmul runs below
+    # half its fp32 rate (AVX2-only CPUs: roofline.torch_fast_gemms), as a user there would run it
+    peer_dtype = None if torch_fast_gemms(torch.get_num_threads())["bf16"] else torch.float32
     out = {"bf16": illada_rt.load(bench_model_dir),
            "peer": illada_rt.load(bench_model_dir, huge_pages=False, dtype=peer_dtype)}
     for scheme in ("int8", "fp8"):
@@ -143,7 +143,7 @@ _EMBEDDED_TIMES = {}
 
 @pytest.fixture(scope="module")
 def embedded():
-    peer_dtype = None if _vectorized(torch.get_num_threads())["bf16"] else torch.float32
+    peer_dtype = None if torch_fast_gemms(torch.get_num_threads())["bf16"] else torch.float32
     return illada_rt.load(), illada_rt.load(huge_pages=False, dtype=peer_dtype)  # the model, and its peers' (models)
 
 
