@@ -413,6 +413,9 @@ def test_quantized_decode_on_the_emulator_runs_the_gemms_and_agrees(tmp_path, sc
     from illada_rt.api import DEFAULT_MODEL
     from illada_rt.quantize import quantize_checkpoint
 
+    if scheme == "fp8" and not ops.fp8_kernel_available():
+        pytest.skip("fp8 checkpoints load dequantized on this CPU (no FP8-weight kernel without AVX-512 BF16): no "
+                    "linear reaches linear_fp8w, so none reaches the emulated gemm_fp8")
     dst = tmp_path / scheme
     quantize_checkpoint(DEFAULT_MODEL, dst, scheme=scheme, progress=False)
     model, model32 = illada_rt.load(dst), illada_rt.load(dst, dtype=torch.float32)
