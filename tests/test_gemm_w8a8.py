@@ -171,18 +171,22 @@ def test_pack_argument_checks():
 
 
 def test_measured_peaks_are_consistent():
-    """The bench's "% of peak" denominators: positive where the ISA has the instruction, the dot products above fp32
-    FMA in ops/s (each packs 2-4x the work per instruction), and a clock in a sane range. (int8 against bf16 is the
-    microarchitecture's choice; Zen 4 and Zen 5 both measure ~1.9x.)"""
+    """The bench's "% of peak" denominators: positive where the ISA has the instruction, the AVX-512 dot products
+    above fp32 FMA in ops/s (each packs 2-4x the work per instruction), and a clock in a sane range. (int8 against bf16
+    is the microarchitecture's choice; Zen 4 and Zen 5 both measure ~1.9x.) AVX2 has no int8 dot product: its loop
+    is vpmaddwd (16 int16 pairs) + vpaddd, 32 ops per two instructions as one 8-lane FMA's 16, which an AMD EPYC Zen 3
+    runs at 0.94-1.05x the FMA loop; half of that means the loop or its op count is wrong."""
     if ISAS[-1] == "generic":
         pytest.skip("no SIMD peak loops on this CPU")
     # best of several interleaved rounds: a run that shares its core with other work measures low (shared machines)
     kinds = ("int8_dot", "bf16_dot", "fp32_fma")
     rounds = [{k: _C.measure_peak_ops(k, 1) for k in kinds} for _ in range(5)]
     peaks = {k: max(r[k] for r in rounds) for k in kinds}
-    assert peaks["fp32_fma"] > 0 and peaks["int8_dot"] > peaks["fp32_fma"]
+    assert peaks["fp32_fma"] > 0
     if "avx512" in ISAS:
-        assert peaks["bf16_dot"] > peaks["fp32_fma"]
+        assert peaks["int8_dot"] > peaks["fp32_fma"] and peaks["bf16_dot"] > peaks["fp32_fma"]
+    else:
+        assert peaks["int8_dot"] > 0.7 * peaks["fp32_fma"]
     assert 0.5 < _C.measure_clock_ghz() < 7.0
     with pytest.raises(ValueError, match="kind"):
         _C.measure_peak_ops("fp64", 1)
