@@ -77,12 +77,15 @@ def test_results_do_not_depend_on_threads_segments_or_m():
 
 
 @pytest.mark.parametrize("isa", ISAS)
-def test_generic_and_avx512_round_alike(isa):
-    """The portable version writes out the AVX-512 kernel's accumulation order; on normal numbers the two agree."""
-    x, w = _bf16(17, 300, seed=6), _bf16(13, 300, seed=7)
-    a, b = torch.empty(17, 13), torch.empty(17, 13)
+@pytest.mark.parametrize("M,K,N,threads", [(17, 300, 13, 1), (130, 2100, 70, 2)])
+def test_generic_and_avx512_round_alike(isa, M, K, N, threads):
+    """The portable version writes out the AVX-512 kernel's accumulation order; on normal numbers the two agree. The
+    second shape spans several K blocks, row blocks and weight panels of every variant, on two threads (the lanes
+    parked between K blocks)."""
+    x, w = _bf16(M, K, seed=6), _bf16(N, K, seed=7)
+    a, b = torch.empty(M, N), torch.empty(M, N)
     _C.gemm_bf16(x, [w], [a], 1, "generic")
-    _C.gemm_bf16(x, [w], [b], 1, isa)
+    _C.gemm_bf16(x, [w], [b], threads, isa)
     assert torch.equal(a, b)
 
 
