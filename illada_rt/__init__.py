@@ -58,6 +58,7 @@ def capabilities() -> dict:
     status["kernel_mode"] = ops.kernel_mode()
     on_avx512 = status["_C"] and status["kernel_mode"] == "auto" and status["cpu"]["isa"] in ("avx512", "amx")
     on_avx2 = status["_C"] and status["kernel_mode"] == "auto" and status["cpu"]["isa"] == "avx2"
+    fused = "avx512" if on_avx512 else "avx2" if on_avx2 else None  # the norm, SwiGLU and RoPE kernels' variant
     status["kernels"] = {
         "select_confident": {"cpu": "_C" if status["_C"] and status["kernel_mode"] == "auto" else "reference",
                              "cuda": cuda["select_transfer"]},
@@ -74,14 +75,13 @@ def capabilities() -> dict:
         "sample_greedy": {"cpu": f"_C ({status['cpu']['isa'].replace('amx', 'avx512')})"
                           if status["_C"] and status["kernel_mode"] == "auto"
                           and status["cpu"]["isa"] in ("avx2", "avx512", "amx") else "reference", "cuda": cuda["sample_tokens"]},
-        "rms_norm": {"cpu": "_C (avx512) for bf16, torch otherwise" if on_avx512 else "torch", "cuda": "torch"},
+        "rms_norm": {"cpu": f"_C ({fused}) for bf16, torch otherwise" if fused else "torch", "cuda": "torch"},
         # a block's residual add and the RMSNorm after it (every norm but the first block's)
-        "add_rms_norm": {"cpu": "_C (avx512) for bf16, torch otherwise" if on_avx512 else "torch", "cuda": "torch"},
+        "add_rms_norm": {"cpu": f"_C ({fused}) for bf16, torch otherwise" if fused else "torch", "cuda": "torch"},
         # the same bits either way; measured once which is faster here (costs ~1 ms at the first call)
-        "swiglu": {"cpu": ("_C (avx512) for bf16" if ops.swiglu_uses_kernel() else "torch (measured faster here)")
-                   if on_avx512 else "torch", "cuda": "torch"},
-        "rope": {"cpu": "_C (avx512)" if status["_C"] and status["kernel_mode"] == "auto"
-                 and status["cpu"]["isa"] in ("avx512", "amx") else "torch", "cuda": "torch"},
+        "swiglu": {"cpu": (f"_C ({fused}) for bf16" if ops.swiglu_uses_kernel() else "torch (measured faster here)")
+                   if fused else "torch", "cuda": "torch"},
+        "rope": {"cpu": f"_C ({fused})" if fused else "torch", "cuda": "torch"},
         "gemm_fp8w": {"cpu": f"_C ({status['cpu']['isa']}) for bf16 compute" if on_avx512 else "dequantized + torch",
                       "cuda": "gemm_fp8 (below)"},
         "gemm_w8a8": {"cpu": f"_C ({status['cpu']['isa']})" if status["_C"] and status["kernel_mode"] == "auto"

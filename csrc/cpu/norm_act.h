@@ -41,17 +41,21 @@ struct RopeParams {
 
 void rope_generic(const RopeParams& p);
 void rope_avx512(const RopeParams& p);
+void rope_avx2(const RopeParams& p);  // norm_act_avx2.cpp: AVX2 + FMA, integer bf16 rounding
 void rope(const RopeParams& p, Isa isa);
 
 void rms_norm_generic(const RowsParams& p);
 void rms_norm_avx512(const RowsParams& p);
+void rms_norm_avx2(const RowsParams& p);
 void swiglu_generic(const RowsParams& p);
 void swiglu_avx512(const RowsParams& p);
+void swiglu_avx2(const RowsParams& p);
 // One row of swiglu_avx512 into `out`, which must not overlap gate or up (the fused W8A8 down projection).
 void swiglu_row_avx512(bool bf16, const void* gate, const void* up, void* out, int64_t D);
 void rms_norm(const RowsParams& p, Isa isa);
 void add_rms_norm_generic(const RowsParams& p);
 void add_rms_norm_avx512(const RowsParams& p);
+void add_rms_norm_avx2(const RowsParams& p);
 void add_rms_norm(const RowsParams& p, Isa isa);
 void swiglu(const RowsParams& p, Isa isa);
 

@@ -79,6 +79,9 @@ void rope(const RopeParams& p, Isa isa) {
 #if defined(ILLADA_HAVE_AVX512)
   if (isa >= Isa::avx512) return rope_avx512(p);
 #endif
+#if defined(ILLADA_HAVE_AVX2)
+  if (isa >= Isa::avx2) return rope_avx2(p);
+#endif
   (void)isa;
   rope_generic(p);
 }
@@ -87,6 +90,9 @@ void rms_norm(const RowsParams& p, Isa isa) {
   if (p.rows == 0 || p.D == 0) return;
 #if defined(ILLADA_HAVE_AVX512)
   if (isa >= Isa::avx512) return rms_norm_avx512(p);
+#endif
+#if defined(ILLADA_HAVE_AVX2)
+  if (isa >= Isa::avx2) return rms_norm_avx2(p);
 #endif
   (void)isa;
   rms_norm_generic(p);
@@ -97,6 +103,9 @@ void add_rms_norm(const RowsParams& p, Isa isa) {
 #if defined(ILLADA_HAVE_AVX512)
   if (isa >= Isa::avx512) return add_rms_norm_avx512(p);
 #endif
+#if defined(ILLADA_HAVE_AVX2)
+  if (isa >= Isa::avx2) return add_rms_norm_avx2(p);
+#endif
   (void)isa;
   add_rms_norm_generic(p);
 }
@@ -105,6 +114,9 @@ void swiglu(const RowsParams& p, Isa isa) {
   if (p.rows == 0 || p.D == 0) return;
 #if defined(ILLADA_HAVE_AVX512)
   if (isa >= Isa::avx512) return swiglu_avx512(p);
+#endif
+#if defined(ILLADA_HAVE_AVX2)
+  if (isa >= Isa::avx2) return swiglu_avx2(p);
 #endif
   (void)isa;
   swiglu_generic(p);

@@ -66,14 +66,14 @@ rope_cos_sin = reference.rope_cos_sin
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Rotate-half RoPE (reference.apply_rope), fused on AVX-512 CPUs: bit-identical to the reference in fp32 and
+    """Rotate-half RoPE (reference.apply_rope), fused on AVX2 and AVX-512 CPUs: bit-identical to the reference in fp32 and
     bf16 (same roundings, no FMA). x [B, H, T, D]; the result is a [B, H, T, D] view of a [B, T, H, D] buffer, or
     `out` (x's shape and dtype; out=x rotates in place, which the model does: x was just written by its GEMM and is
     still in cache, where a fresh buffer would be fetched from memory before being written)."""
     if out is not None and (out.shape != x.shape or out.dtype != x.dtype or out.device != x.device):
         raise ValueError(f"out: expected {tuple(x.shape)} {x.dtype} on {x.device}, got {tuple(out.shape)} {out.dtype} "
                          f"on {out.device}")
-    if (x.dim() == 4 and use_cpu_kernel(x, cos, sin) and cpu_isa() in ("avx512", "amx")
+    if (x.dim() == 4 and use_cpu_kernel(x, cos, sin) and cpu_isa() in ("avx2", "avx512", "amx")
             and x.dtype in (torch.float32, torch.bfloat16) and x.stride(-1) == 1 and x.shape[-1] % 2 == 0
             and cos.dtype == torch.float32 and sin.dtype == torch.float32 and cos.dim() in (2, 3)
             and (out is None or out.stride(-1) == 1)):
@@ -87,9 +87,10 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, out: torch
 
 
 def _fused_rows_ok(*tensors: torch.Tensor) -> bool:
-    """The fused bf16 kernels run on CPU with AVX-512, where they round exactly as the reference does; fp32 stays on
-    torch (the kernels' fp32 results differ in the last ulp, which the stored reference outputs would notice)."""
-    return (use_cpu_kernel(*tensors) and cpu_isa() in ("avx512", "amx")
+    """The fused bf16 kernels run on CPU with AVX2 or AVX-512, where they round exactly as the reference does; fp32
+    stays on torch (the kernels' fp32 results differ in the last ulp, which the stored reference outputs would
+    notice)."""
+    return (use_cpu_kernel(*tensors) and cpu_isa() in ("avx2", "avx512", "amx")
             and all(t.dtype == torch.bfloat16 and t.stride(-1) == 1 for t in tensors))
 
 
