@@ -82,7 +82,8 @@ def capabilities() -> dict:
         "swiglu": {"cpu": (f"_C ({fused}) for bf16" if ops.swiglu_uses_kernel() else "torch (measured faster here)")
                    if fused else "torch", "cuda": "torch"},
         "rope": {"cpu": f"_C ({fused})" if fused else "torch", "cuda": "torch"},
-        "gemm_fp8w": {"cpu": f"_C ({status['cpu']['isa']}) for bf16 compute" if on_avx512 else "dequantized + torch",
+        "gemm_fp8w": {"cpu": f"_C ({status['cpu']['isa']}) for bf16 compute" if on_avx512
+                      else "dequantized + the bf16 linears' GEMM" if on_avx2 else "dequantized + torch",
                       "cuda": "gemm_fp8 (below)"},
         "gemm_w8a8": {"cpu": f"_C ({status['cpu']['isa']})" if status["_C"] and status["kernel_mode"] == "auto"
                       else "reference",

@@ -112,7 +112,8 @@ def _quant_info(cfg, caps, compute_dtype) -> tuple[str | None, str | None]:
     compute = _dtype_name(compute_dtype)
     runs = {"w8a8": f"W8A8 kernel {caps['kernels']['gemm_w8a8']['cpu']}",
             "fp8w": f"FP8-weight kernel {caps['kernels']['gemm_fp8w']['cpu']}",
-            "dequantized": f"weights dequantized to {compute} at load (torch GEMMs)"}[kernel]
+            "dequantized": f"weights dequantized to {compute} at load (GEMMs as for dense weights: "
+                           f"{caps['kernels']['gemm (bf16 linears)']['cpu'] if compute == 'bfloat16' else 'torch'})"}[kernel]
     acts = "int8, dynamic per token" if kernel == "w8a8" else f"{compute} (weight-only)"
     ignore = f", {len(sch.ignore)} weights left unquantized" if sch.ignore else ""
     fp8 = " (W8A8 e4m3 on sm_89+, weight-only before)" if cuda_kernel == "gemm_fp8" else ""

@@ -277,7 +277,9 @@ class QuantizedLinear:
             from .ops import cuda_gemm
 
             return cuda_gemm.linear(x, self.packed, out_dtype=x.dtype)
-        return F.linear(x, self.dense)
+        # as the model runs a dense weight: on an AVX2-only CPU (fp8 has no kernel there) the bf16 GEMM, not
+        # PyTorch's bf16 F.linear at a fraction of its speed
+        return ops.linear_bf16(x, [self.dense])[0]
 
 
 def weight_nbytes(w) -> int:
