@@ -341,7 +341,7 @@ def linear_bf16_route(x: torch.Tensor, weights, force: bool = False) -> str:
     """Which GEMM linear_bf16 runs for these operands: "gemm_bf16" (the compiled kernel) or "torch" (F.linear).
     With AVX-512 BF16 (or AMX) the kernel takes up to BF16_GEMM_MAX_M rows; on an AVX2-only CPU it takes every M:
     there PyTorch's bf16 matmul is oneDNN's slow path (torch 2.13 on 2 cores of an AMD EPYC Zen 3: F.linear 15-20
-    GFLOP/s at M = 32 to 1024, a @ b with b [K, N] under 1; the kernel 3.2-4.4x F.linear in bench/test_bench_gemm.py)."""
+    GFLOP/s at M = 32 to 1024, a @ b with b [K, N] under 1; the kernel 3.5-4.8x F.linear in bench/test_bench_gemm.py)."""
     rows = x.shape[:-1].numel() if x.dim() else 0
     isa = cpu_isa()
     ok = (use_cpu_kernel(x, *weights) and isa in ("avx2", "avx512", "amx") and x.dtype == torch.bfloat16
