@@ -36,6 +36,8 @@ def rows_from(paths: list[Path]) -> list[dict]:
             if "bytes" in info:
                 row["gbps"] = info["bytes"] / median / 1e9
             row["peaks"] = peaks
+            if info.get("roofline_fraction_best_peak"):  # the end-to-end bench's conservative fraction
+                row["pct_best_peak"] = 100 * info["roofline_fraction_best_peak"]
             if info.get("vs_peer"):  # the end-to-end bench's ratio to a peer run beside each round (same phase)
                 row["vs_peer"] = info["vs_peer"]
             rows.append(row)
@@ -56,6 +58,11 @@ def table(rows: list[dict]) -> str:
         lines.append(f"| {r['op']} | {r['shape']} | {r['impl']} | {r['median_ms']:.3f} | {f(r.get('gops'), '.0f')} | "
                      f"{f(r.get('gbps'), '.1f')} | {f(r.get('pct_peak'), '.0f')} | "
                      f"{f(r['vs_baseline'], '.2f') + 'x' if r['vs_baseline'] else '-'} |")
+    best = [f"{r['impl']} {r['pct_best_peak']:.0f}%" for r in rows if r.get("pct_best_peak") is not None]
+    if best:
+        lines.append("")
+        lines.append("% of the roofline at the best GEMM peak each decode's test measured (its median time; % peak "
+                     "above pairs each round with the peak measured just before it): " + ", ".join(best))
     peaks = next((r["peaks"] for r in rows if r.get("peaks")), None)
     if peaks:
         lines.append("")
