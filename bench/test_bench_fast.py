@@ -24,7 +24,7 @@ import torch
 
 import illada_rt
 from peaks import measured_peaks
-from roofline import CATEGORIES, torch_fast_gemms, count_flops, gemm_peaks, gemm_peaks_now, profile, roofline
+from roofline import CATEGORIES, count_flops, gemm_peaks, gemm_peaks_now, profile, roofline, torch_fast_gemms
 from test_bench_decode import reference_loop
 
 PROMPT, GEN, STEPS, BLOCK = 64, 128, 64, 32
@@ -45,6 +45,12 @@ POLICIES = {
 _TIMES = {}
 
 
+def _peer_dtype():
+    """The peers' dtype: the checkpoint's (bf16), or fp32 where PyTorch's bf16 matmul runs below half its fp32 rate
+    (AVX2-only CPUs: roofline.torch_fast_gemms), as a user there would run the model."""
+    return None if torch_fast_gemms(torch.get_num_threads())["bf16"] else torch.float32
+
+
 @pytest.fixture(scope="module")
 def models(bench_model_dir, tmp_path_factory):
     from illada_rt.quantize import quantize_checkpoint
@@ -52,9 +58,8 @@ def models(bench_model_dir, tmp_path_factory):
     # the peers' model: PyTorch as a user's PyTorch holds the weights (ordinary pages), not our huge-page copies,
     # which speed PyTorch's own GEMMs up too (load(huge_pages=)); in fp32 where PyTorch's bf16 matmul runs below
     # half its fp32 rate (AVX2-only CPUs: roofline.torch_fast_gemms), as a user there would run it
-    peer_dtype = None if torch_fast_gemms(torch.get_num_threads())["bf16"] else torch.float32
     out = {"bf16": illada_rt.load(bench_model_dir),
-           "peer": illada_rt.load(bench_model_dir, huge_pages=False, dtype=peer_dtype)}
+           "peer": illada_rt.load(bench_model_dir, huge_pages=False, dtype=_peer_dtype())}
     for scheme in ("int8", "fp8"):
         q = tmp_path_factory.mktemp(scheme) / scheme
         quantize_checkpoint(bench_model_dir, q, scheme, progress=False)
@@ -148,8 +153,7 @@ _EMBEDDED_TIMES = {}
 
 @pytest.fixture(scope="module")
 def embedded():
-    peer_dtype = None if torch_fast_gemms(torch.get_num_threads())["bf16"] else torch.float32
-    return illada_rt.load(), illada_rt.load(huge_pages=False, dtype=peer_dtype)  # the model, and its peers' (models)
+    return illada_rt.load(), illada_rt.load(huge_pages=False, dtype=_peer_dtype())  # the model, and its peers' (models)
 
 
 @pytest.mark.parametrize("policy", list(EMBEDDED_POLICIES))

@@ -288,8 +288,8 @@ def test_readme_samples():
             assert lines[0].startswith("$ illada-rt generate "), lines[0]
             samples.append((lines[0][2:], "\n".join(lines[1:])))
     assert len(samples) >= 5
-    # The samples were written on AVX-512 CPUs, where the compiled layer stack computes attention and the norms; an
-    # AVX2-only CPU runs PyTorch's for those, whose rounding differs, and Gumbel sampling can flip a near-tie there.
+    # The samples were written on AVX-512 CPUs, where the compiled layer stack computes attention; an AVX2-only CPU
+    # runs PyTorch's SDPA, whose rounding differs, and Gumbel sampling can flip a near-tie there.
     # There the greedy samples must still match, and a sampled one must at least repeat itself under its seed.
     same_kernels = illada_rt.capabilities()["cpu"]["isa"] in ("avx512", "amx")
     for cmd, want in samples:

@@ -366,8 +366,8 @@ def _assert_agree_but_at_near_ties(model, model32, cpu_steps, emu_steps, cpu_out
             cand = [(q, int(a[row, q]) if a[row, q] != mask_id else int(b[row, q]))
                     for q in others.nonzero().flatten().tolist()]
             # within 3% of each other, or their log-probabilities within 3 bf16 ulps of their logits (bf16 rounding of
-            # logits that size moves a log-probability that much; where PyTorch computes the CPU path's attention
-            # and norms, on CPUs without AVX-512, the two paths part at such ties: 6% apart at logits of ~8)
+            # logits that size moves a log-probability that much; where PyTorch computes the CPU path's attention,
+            # on CPUs without AVX-512, the two paths part at such ties: 6% apart at logits of ~8)
             lp = torch.log(probs)
             ties = [abs(p_here - probs[row, q, t]) / max(p_here, probs[row, q, t]) <= 0.03
                     or (lp[row, pos, filled] - lp[row, q, t]).abs()

@@ -12,7 +12,7 @@
 // blocks of 1024: a row tile's x (24 KB) stays in L1 while the tile walks the panel's rows (64 KB, from L2), and the
 // task's x block (384 KB) in L2 while the row tiles walk it. The lanes carried between K blocks are parked in scratch
 // (192 KB a thread). On 2 cores of an AMD EPYC Zen 3 this blocking ran decoding's shapes (M = 32 and 192, K = 1024
-// and 3072) 10-30% faster than 8-row panels with K blocks of 512 (a standalone sweep; the machine's noise is as large
+// and 3072) 10-40% faster than 8-row panels with K blocks of 512 (a standalone sweep; the machine's noise is as large
 // between runs). Compiled with -mavx2 -mfma; called only when the CPU has them.
 #include <immintrin.h>
 
